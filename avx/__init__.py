@@ -1,0 +1,19 @@
+"""avx: audio-visual emotion recognition research toolkit.
+
+Two phases: ``avx extract`` turns a corpus into a chunked Zarr feature store once;
+``avx fuse`` trains and evaluates fusion methods from that store many times.
+
+The Python API mirrors the CLI; the entry point for reading is :func:`open_store`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("avx")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+from avx.errors import AvxError
+from avx.store_schema import FeatureStore, open_store
+
+__all__ = ["AvxError", "FeatureStore", "__version__", "open_store"]

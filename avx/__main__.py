@@ -1,0 +1,5 @@
+"""``python -m avx`` = the ``avx`` command."""
+
+from avx.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""Backbone registry: one file per backbone in this package, registered by name.
+
+Names may carry a preset tag after a dot, the way timm names variants
+(``mfcc.sfav`` is the ``mfcc`` factory with its ``sfav`` preset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from avx.errors import UnknownNameError
+from avx.extract.backbones.base import AudioBackbone, Backbone, VisualBackbone
+from avx.registry import Registry
+
+BackboneFactory = Callable[..., Backbone]
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", "avx.extract.backbones")
+
+
+def create_backbone(name: str, *, weights: str | None = None, device: str = "cpu") -> Backbone:
+    """Build backbone ``name`` (``arch`` or ``arch.tag``) with ``weights`` on ``device``."""
+    arch, _, tag = name.partition(".")
+    factory = BACKBONES.get(arch)
+    presets = getattr(factory, "presets", {"": None})
+    if tag and tag not in presets:
+        valid = [f"{arch}.{t}" if t else arch for t in presets]
+        raise UnknownNameError("backbone", name, valid)
+    return factory(tag=tag, weights=weights, device=device)
+
+
+def list_backbones() -> list[str]:
+    """Every backbone name, presets included."""
+    names = []
+    for arch in BACKBONES.names():
+        presets = getattr(BACKBONES.get(arch), "presets", {"": None})
+        names += [f"{arch}.{t}" if t else arch for t in presets]
+    return names
+
+
+__all__ = [
+    "BACKBONES",
+    "AudioBackbone",
+    "Backbone",
+    "VisualBackbone",
+    "create_backbone",
+    "list_backbones",
+]

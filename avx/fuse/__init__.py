@@ -1,0 +1,1 @@
+"""``avx fuse``: train and evaluate fusion methods from a feature store."""

@@ -1,0 +1,256 @@
+"""Reading stores lazily from any URL: ``avx.open_store(url)``.
+
+Reads never load a whole stream: a :class:`Stream` keeps only its small per-sample
+index in memory and slices part arrays on demand. Readers never see half-written data,
+because a sample becomes visible only when the index row that points at it is
+committed, and the index is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from avx.errors import StoreError
+from avx.store_schema import spec as S
+from avx.store_schema.labels import RaterLabels
+from avx.store_schema.writer import StreamSpec
+from avx.store_schema.zarrio import open_root, read_table
+
+
+def list_streams(root: zarr.Group) -> list[str]:
+    """Names of the stream groups under ``streams/`` (``faces``, ``audio/<b>``, ...)."""
+    names = []
+    base = root[S.STREAMS]
+    if S.FACES in base and S.STREAM_ATTR in base[S.FACES].attrs:
+        names.append(S.FACES)
+    for modality in S.STREAM_MODALITIES:
+        if modality in base:
+            names += [
+                f"{modality}/{key}" for key, child in base[modality].groups() if S.STREAM_ATTR in child.attrs
+            ]
+    return names
+
+
+class Stream(Mapping[str, np.ndarray]):
+    """Read-only mapping ``sample id -> frames x ...`` for one stream.
+
+    Only committed samples are keys. The index is a snapshot taken when the stream was
+    opened; call :meth:`FeatureStore.stream` again to see later commits.
+    """
+
+    def __init__(self, group: zarr.Group, name: str, sample_ids: np.ndarray) -> None:
+        self.group, self.name = group, name
+        self.spec = StreamSpec.from_attrs(group.attrs[S.STREAM_ATTR])
+        self.index = np.asarray(group[S.INDEX][...])
+        self._ids = sample_ids
+        self._row = {sid: i for i, sid in enumerate(sample_ids)}
+        self._parts: dict[int, zarr.Group] = {}
+
+    # -- metadata -----------------------------------------------------------------
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.spec.provenance)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.group.attrs.get("history", []))
+
+    @cached_property
+    def committed_ids(self) -> list[str]:
+        rows = np.flatnonzero(self.index[:, 0] == S.Status.COMMITTED)
+        return [str(self._ids[r]) for r in rows]
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Failed sample id -> reason."""
+        out: dict[str, str] = {}
+        for r in np.flatnonzero(self.index[:, 0] == S.Status.FAILED):
+            part = self._part(int(self.index[r, 1]))
+            out[str(self._ids[r])] = part.attrs["failures"].get(str(r), "")
+        return out
+
+    def status(self, sample_id: str) -> S.Status:
+        return S.Status(int(self.index[self._row_of(sample_id), 0]))
+
+    def counts(self) -> dict[str, int]:
+        st = self.index[:, 0]
+        return {s.name.lower(): int((st == s).sum()) for s in S.Status}
+
+    # -- data ---------------------------------------------------------------------
+    def _row_of(self, sample_id: str) -> int:
+        try:
+            return self._row[sample_id]
+        except KeyError:
+            raise KeyError(f"sample '{sample_id}' is not in this store") from None
+
+    def _part(self, k: int) -> zarr.Group:
+        if k not in self._parts:
+            self._parts[k] = self.group[f"{S.PARTS}/{S.part_name(k)}"]
+        return self._parts[k]
+
+    def _locate(self, sample_id: str) -> tuple[zarr.Group, int, int]:
+        status, k, a, b = self.index[self._row_of(sample_id)]
+        if status != S.Status.COMMITTED:
+            raise KeyError(f"sample '{sample_id}' is {S.Status(int(status)).name.lower()} in '{self.name}'")
+        return self._part(int(k)), int(a), int(b)
+
+    def field(self, sample_id: str, name: str = S.DATA) -> np.ndarray:
+        """One per-frame array (``data``, ``timestamps`` or a declared field) of a sample."""
+        part, a, b = self._locate(sample_id)
+        return np.asarray(part[name][a:b])
+
+    def __getitem__(self, sample_id: str) -> np.ndarray:
+        return self.field(sample_id, S.DATA)
+
+    def timestamps(self, sample_id: str) -> np.ndarray:
+        return self.field(sample_id, S.TIMESTAMPS)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.committed_ids)
+
+    def __len__(self) -> int:
+        return len(self.committed_ids)
+
+    def __contains__(self, sample_id: object) -> bool:
+        row = self._row.get(sample_id)  # type: ignore[arg-type]
+        return row is not None and self.index[row, 0] == S.Status.COMMITTED
+
+    def read_many(self, sample_ids: Sequence[str], name: str = S.DATA) -> list[np.ndarray]:
+        """Many samples at once, reading each part's covering range in one request.
+
+        Avoids per-sample random reads: samples are grouped by part and each group is
+        served from one contiguous slice.
+        """
+        out: list[np.ndarray | None] = [None] * len(sample_ids)
+        by_part: dict[int, list[tuple[int, int, int]]] = {}
+        for i, sid in enumerate(sample_ids):
+            status, k, a, b = self.index[self._row_of(sid)]
+            if status != S.Status.COMMITTED:
+                raise KeyError(f"sample '{sid}' is {S.Status(int(status)).name.lower()} in '{self.name}'")
+            by_part.setdefault(int(k), []).append((i, int(a), int(b)))
+        for k, items in by_part.items():
+            lo = min(a for _, a, _ in items)
+            hi = max(b for _, _, b in items)
+            block = np.asarray(self._part(k)[name][lo:hi])
+            for i, a, b in items:
+                out[i] = block[a - lo : b - lo]
+        return out  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (
+            f"Stream('{self.name}', frame_shape={self.spec.frame_shape}, dtype={self.spec.dtype}, "
+            f"committed={c['committed']}, failed={c['failed']}, missing={c['missing']})"
+        )
+
+
+class FeatureStore:
+    """An avx store opened for reading (see ``docs/store.md`` for the layout)."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        self.url = str(url)
+        self.root = open_root(url)
+        version = self.root.attrs.get(S.SCHEMA_ATTR)
+        if version != S.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url}: store schema version {version!r}, this avx reads {S.SCHEMA_VERSION}"
+            )
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.root.attrs)
+
+    @property
+    def corpus(self) -> str:
+        return str(self.root.attrs["corpus"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.root.attrs["class_names"])
+
+    @cached_property
+    def samples(self) -> pd.DataFrame:
+        """One row per clip: id, speaker, duration, media paths, demographics, splits."""
+        return read_table(self.root[S.SAMPLES])
+
+    @cached_property
+    def sample_ids(self) -> np.ndarray:
+        return np.asarray(self.root[f"{S.SAMPLES}/id"][...]).astype(object)
+
+    @cached_property
+    def labels(self) -> dict[str, RaterLabels]:
+        """Per rater modality (``voice``, ``face``, ``av``) derived rating labels."""
+        out = {}
+        labels = self.root[S.LABELS]
+        for rater in labels.attrs.get("raters", []):
+            g = labels[rater]
+            out[rater] = RaterLabels(**{n: np.asarray(g[n][...]) for n in S.RATER_ARRAYS})
+        return out
+
+    @cached_property
+    def intended(self) -> np.ndarray | None:
+        """Intended class index per clip from the corpus design (-1 unknown)."""
+        path = f"{S.LABELS}/{S.INTENDED}/label"
+        return np.asarray(self.root[path][...]).astype(np.int64) if path in self.root else None
+
+    @property
+    def streams(self) -> list[str]:
+        """Names of the streams present (any status)."""
+        return list_streams(self.root)
+
+    def stream(self, name: str) -> Stream:
+        if name not in self.streams:
+            from avx.errors import UnknownNameError
+
+            raise UnknownNameError("stream", name, self.streams)
+        return Stream(self.root[S.stream_path(name)], name, self.sample_ids)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: corpus, samples, labels, and each stream with provenance."""
+        streams = {}
+        for name in self.streams:
+            s = self.stream(name)
+            streams[name] = {
+                **s.counts(),
+                "frame_shape": list(s.spec.frame_shape),
+                "dtype": s.spec.dtype,
+                "frame_rate": s.spec.frame_rate,
+                "fields": s.spec.fields,
+                "provenance": s.provenance,
+                "history": s.history,
+            }
+        samples = self.samples
+        return {
+            "url": self.url,
+            "schema": self.root.attrs[S.SCHEMA_ATTR],
+            "corpus": self.corpus,
+            "n_samples": len(samples),
+            "n_speakers": int(samples["speaker"].nunique()),
+            "class_names": self.class_names,
+            "raters": sorted(self.labels),
+            "protocols": self.root.attrs.get("protocols", {}),
+            "splits": {
+                col: samples[col].value_counts().sort_index().to_dict()
+                for col in self.root.attrs.get("protocols", {})
+                if col in samples
+            },
+            "sample_columns": list(samples.columns),
+            "created": self.root.attrs.get("created"),
+            "avx_version": self.root.attrs.get("avx_version"),
+            "streams": streams,
+        }
+
+    def __repr__(self) -> str:
+        return f"FeatureStore('{self.url}', corpus={self.corpus}, streams={self.streams})"
+
+
+def open_store(url: str | os.PathLike[str]) -> FeatureStore:
+    """Open an avx store for reading: a local path, ``file://``, ``s3://`` or ``http(s)://`` URL."""
+    return FeatureStore(url)

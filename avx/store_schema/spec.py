@@ -1,0 +1,74 @@
+"""Store schema v1: names, codes and layout constants (specified in ``docs/store.md``).
+
+Everything that decides where a thing lives in a store is defined here once; the
+writer, the reader and the validator import these names rather than spelling paths.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+SCHEMA_VERSION = 1
+"""Bumped on any change a v1 reader could misread; readers refuse other versions."""
+
+SCHEMA_ATTR = "avx_schema"
+STREAM_ATTR = "avx_stream"
+"""Attribute marking a group as a feature stream (its value is the stream's spec dict)."""
+
+SAMPLES = "samples"
+LABELS = "labels"
+STREAMS = "streams"
+PARTS = "parts"
+INDEX = "index"
+DATA = "data"
+TIMESTAMPS = "timestamps"
+LOCK_DIR = ".locks"
+"""Lock files live inside the store directory but outside the Zarr hierarchy."""
+
+RATER_MODALITIES = ("voice", "face", "av")
+"""Rater modalities: what the raters were shown (audio only, video only, both)."""
+
+RATER_ARRAYS = ("counts", "distribution", "multihot", "plurality")
+INTENDED = "intended"
+STREAM_MODALITIES = ("audio", "video", "text")
+"""Top-level stream groups; ``faces`` sits directly under ``streams/``."""
+
+FACES = "faces"
+
+
+class Status(IntEnum):
+    """Per-sample status of a stream, column 0 of its ``index`` array."""
+
+    MISSING = 0
+    COMMITTED = 1
+    FAILED = 2
+
+
+INDEX_COLUMNS = ("status", "part", "start", "stop")
+"""Columns of a stream's ``index`` array ``[n_samples, 4]`` (int64).
+
+``part`` names the part group holding the sample; ``start:stop`` is its frame range
+inside that part's arrays. The whole index is one chunk, so rewriting it is a single
+atomic file replacement: that write is the commit point of a part.
+"""
+
+TARGET_CHUNK_BYTES = 4 * 2**20
+"""Stream data is chunked along frames to roughly this many uncompressed bytes."""
+
+PART_NAME_WIDTH = 6
+
+
+def part_name(k: int) -> str:
+    return f"{k:0{PART_NAME_WIDTH}d}"
+
+
+def stream_path(name: str) -> str:
+    """Zarr path of stream ``name`` (``faces``, ``audio/mfcc`` ...)."""
+    return f"{STREAMS}/{name}"
+
+
+def valid_stream_name(name: str) -> bool:
+    parts = name.split("/")
+    if name == FACES:
+        return True
+    return len(parts) == 2 and parts[0] in STREAM_MODALITIES and bool(parts[1])

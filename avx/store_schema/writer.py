@@ -1,0 +1,367 @@
+"""Writing stores: creation from corpus metadata, and the stream commit protocol.
+
+Nothing is ever half-written:
+
+- ``create_store`` builds the store in a temporary sibling directory and renames it
+  into place, so a store either exists complete or not at all.
+- A stream grows by *parts*. The writer buffers finished samples, writes them as a new
+  part group (``parts/<k>/data``, ``timestamps`` and per-frame fields) that no reader
+  references yet, and then rewrites the stream's one-chunk ``index`` array, an atomic
+  file replacement, which is the commit point. A crash before it leaves an unreferenced
+  part that the next writer deletes; a crash after it leaves committed samples.
+- Parts are written by one writer each and never touched again, so parallel workers
+  writing their own parts never share a chunk; only the holder of the stream lock
+  commits to the index. Different streams share no arrays at all.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from avx.corpora.base import CorpusMetadata
+from avx.errors import StoreError
+from avx.store_schema import spec as S
+from avx.store_schema.labels import derive_rater_labels
+from avx.store_schema.zarrio import local_path, write_array, write_table
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _avx_version() -> str:
+    from avx import __version__
+
+    return __version__
+
+
+def run_info() -> dict[str, Any]:
+    """Who wrote something and with what: recorded in provenance and stream history."""
+    from importlib.metadata import version
+
+    return {
+        "avx_version": _avx_version(),
+        "created": _now(),
+        "host": socket.gethostname(),
+        "user": getpass.getuser(),
+        "torch_version": version("torch"),
+        "zarr_version": zarr.__version__,
+        "numpy_version": np.__version__,
+    }
+
+
+def create_store(path: str | Path, meta: CorpusMetadata, *, overwrite: bool = False) -> Path:
+    """Create a store at ``path`` from corpus metadata alone (no media decoding).
+
+    The store is assembled in a temporary directory beside ``path`` and renamed into
+    place, so an interrupted ``store init`` leaves nothing behind. An existing store is
+    kept unless ``overwrite``.
+    """
+    path = local_path(path)
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path}: already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w")
+        root.attrs.update(
+            {
+                S.SCHEMA_ATTR: S.SCHEMA_VERSION,
+                "corpus": meta.name,
+                "class_names": list(meta.class_names),
+                "protocols": dict(meta.protocols),
+                "corpus_attrs": meta.attrs,
+                "n_samples": len(meta.samples),
+                **{k: v for k, v in run_info().items() if k in ("avx_version", "created", "host")},
+            }
+        )
+        write_table(root.create_group(S.SAMPLES), meta.samples.reset_index(drop=True))
+        labels = root.create_group(S.LABELS)
+        labels.attrs["class_names"] = list(meta.class_names)
+        labels.attrs["raters"] = sorted(meta.votes)
+        for rater, counts in meta.votes.items():
+            g = labels.create_group(rater)
+            derived = derive_rater_labels(counts)
+            for name in S.RATER_ARRAYS:
+                write_array(g, name, getattr(derived, name))
+        if meta.intended is not None:
+            g = labels.create_group(S.INTENDED)
+            write_array(g, "label", np.asarray(meta.intended, dtype=np.int16))
+            if meta.intended_level is not None:
+                write_array(g, "level", np.asarray(meta.intended_level, dtype=object))
+        streams = root.create_group(S.STREAMS)
+        for modality in S.STREAM_MODALITIES:
+            streams.create_group(modality)
+        zarr.consolidate_metadata(zarr.storage.LocalStore(tmp))
+        if overwrite and path.exists():
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a stream holds; stored as the stream group's ``avx_stream`` attribute.
+
+    Attributes:
+        name: ``faces``, ``audio/<backbone>``, ``video/<backbone>`` or ``text/<backbone>``.
+        frame_shape: shape of one frame's features (``[1280]``, ``[25, 1024]``, ``[224, 224, 3]``).
+        dtype: storage dtype of ``data``.
+        frame_rate: nominal frames per second (per-frame ``timestamps`` are authoritative).
+        fields: extra per-frame arrays, name -> ``{"shape": [...], "dtype": str}``.
+        layer_axis: index of the layer axis in ``frame_shape`` for multi-layer streams.
+        provenance: backbone id, weights source and sha256, every preprocessing parameter.
+            Resuming requires it to be identical, so a stream never mixes settings.
+    """
+
+    name: str
+    frame_shape: tuple[int, ...]
+    dtype: str
+    frame_rate: float | None = None
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layer_axis: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_attrs(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["frame_shape"] = list(self.frame_shape)
+        return d
+
+    @classmethod
+    def from_attrs(cls, d: dict[str, Any]) -> StreamSpec:
+        d = dict(d)
+        d["frame_shape"] = tuple(d["frame_shape"])
+        return cls(**d)
+
+    @property
+    def frame_bytes(self) -> int:
+        return int(np.prod(self.frame_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+VOLATILE_PROVENANCE = {"created"}
+"""Provenance keys that may differ on resume (who/when); each run is listed in ``history``."""
+
+
+def _spec_mismatch(old: StreamSpec, new: StreamSpec) -> str | None:
+    a, b = old.to_attrs(), new.to_attrs()
+    for key in sorted(set(a) | set(b)):
+        if key == "provenance":
+            pa, pb = a[key], b[key]
+            for pk in sorted((set(pa) | set(pb)) - VOLATILE_PROVENANCE):
+                if pa.get(pk) != pb.get(pk):
+                    return f"provenance '{pk}' is {pa.get(pk)!r} in the store, {pb.get(pk)!r} now"
+        elif a.get(key) != b.get(key):
+            return f"'{key}' is {a.get(key)!r} in the store, {b.get(key)!r} now"
+    return None
+
+
+def _check_half(name: str, data: np.ndarray, half: np.ndarray) -> None:
+    """Refuse features float16 cannot hold rather than store infs or flushed zeros."""
+    overflow = np.isfinite(data) & ~np.isfinite(half)
+    flushed = (data != 0) & (half == 0)
+    if overflow.any() or flushed.mean() > 0.01:
+        mag = np.abs(data[np.isfinite(data) & (data != 0)])
+        lo, hi = (float(mag.min()), float(mag.max())) if mag.size else (0.0, 0.0)
+        raise StoreError(
+            f"stream '{name}': float16 cannot represent these features (|x| from {lo:.3g} to"
+            f" {hi:.3g}); extract with --dtype float32"
+        )
+
+
+@dataclass
+class _Pending:
+    row: int
+    data: np.ndarray
+    timestamps: np.ndarray
+    fields: dict[str, np.ndarray]
+
+
+class StreamWriter:
+    """Appends samples to one stream, committing them part by part.
+
+    The caller must hold the stream's lock (:class:`~avx.store_schema.locks.StreamLock`).
+
+    Args:
+        root: the store's root group, opened writable.
+        spec: the stream's spec; must equal the stored one when the stream exists.
+        part_size: samples per part (flush threshold).
+        part_bytes: flush earlier when buffered data exceeds this many bytes.
+    """
+
+    def __init__(
+        self,
+        root: zarr.Group,
+        spec: StreamSpec,
+        *,
+        part_size: int = 64,
+        part_bytes: int = 256 * 2**20,
+    ) -> None:
+        if not S.valid_stream_name(spec.name):
+            raise StoreError(f"invalid stream name '{spec.name}'")
+        self.root, self.spec = root, spec
+        self.part_size, self.part_bytes = max(1, part_size), part_bytes
+        self.n_samples = int(root.attrs["n_samples"])
+        path = S.stream_path(spec.name)
+        if path in root:
+            self.group = root[path]
+            old = StreamSpec.from_attrs(self.group.attrs[S.STREAM_ATTR])
+            why = _spec_mismatch(old, spec)
+            if why:
+                raise StoreError(
+                    f"{root.store}: stream '{spec.name}' was written with other settings ({why});"
+                    " use another store or stream name"
+                )
+        else:
+            self.group = root.require_group(path)
+            self.group.attrs.update({S.STREAM_ATTR: spec.to_attrs(), "history": []})
+            self.group.create_group(S.PARTS)
+            self.group.create_array(
+                S.INDEX,
+                shape=(self.n_samples, len(S.INDEX_COLUMNS)),
+                chunks=(max(1, self.n_samples), len(S.INDEX_COLUMNS)),
+                dtype="int64",
+                fill_value=0,
+                attributes={"columns": list(S.INDEX_COLUMNS)},
+            )
+        self.index = np.asarray(self.group[S.INDEX][...])
+        self._parts = self.group[S.PARTS]
+        self._remove_orphans()
+        existing = [int(k) for k in self._parts.group_keys()]
+        self._next_part = max(existing, default=-1) + 1
+        self._buffer: list[_Pending] = []
+        self._failures: dict[int, str] = {}
+        self._buffer_bytes = 0
+        self.committed_now = 0
+        self.failed_now = 0
+
+    def _remove_orphans(self) -> None:
+        """Delete parts no index row references: leftovers of a crash before commit."""
+        referenced = set(self.index[self.index[:, 0] != S.Status.MISSING, 1].tolist())
+        for key in list(self._parts.group_keys()):
+            if int(key) not in referenced:
+                del self._parts[key]
+
+    def status(self, row: int) -> S.Status:
+        return S.Status(int(self.index[row, 0]))
+
+    def todo(self, rows: list[int], *, retry_failed: bool = False) -> list[int]:
+        """The subset of ``rows`` this stream still needs."""
+        done = {S.Status.COMMITTED} if retry_failed else {S.Status.COMMITTED, S.Status.FAILED}
+        return [r for r in rows if self.status(r) not in done]
+
+    def add(self, row: int, data: np.ndarray, timestamps: np.ndarray, **fields: np.ndarray) -> None:
+        """Buffer one sample's frames; commits a part when the buffer is full."""
+        data = np.asarray(data)
+        if tuple(data.shape[1:]) != self.spec.frame_shape:
+            raise ValueError(f"{self.spec.name}: frame shape {data.shape[1:]} != {self.spec.frame_shape}")
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        if timestamps.shape != (data.shape[0],):
+            raise ValueError(f"{self.spec.name}: {len(timestamps)} timestamps for {len(data)} frames")
+        if set(fields) != set(self.spec.fields):
+            raise ValueError(f"{self.spec.name}: fields {sorted(fields)} != {sorted(self.spec.fields)}")
+        stored = data.astype(self.spec.dtype, copy=False)
+        if stored.dtype == np.float16 and data.dtype != np.float16 and data.size:
+            _check_half(self.spec.name, data, stored)
+        conv = {}
+        for k, v in fields.items():
+            fs = self.spec.fields[k]
+            conv[k] = np.asarray(v, dtype=fs["dtype"]).reshape(len(data), *fs["shape"])
+        self._buffer.append(_Pending(row, stored, timestamps, conv))
+        self._buffer_bytes += data.nbytes
+        if len(self._buffer) + len(self._failures) >= self.part_size or (
+            self._buffer_bytes >= self.part_bytes
+        ):
+            self.flush()
+
+    def fail(self, row: int, reason: str) -> None:
+        """Record that ``row`` cannot be extracted (status ``failed`` with ``reason``)."""
+        self._failures[row] = " ".join(str(reason).split())
+        if len(self._buffer) + len(self._failures) >= self.part_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered samples as a new part, then commit it in the index."""
+        if not self._buffer and not self._failures:
+            return
+        k = self._next_part
+        self._next_part += 1
+        buf = self._buffer
+        lengths = [len(p.data) for p in buf]
+        stops = np.cumsum(lengths, dtype=np.int64)
+        starts = stops - np.asarray(lengths, dtype=np.int64)
+        n_frames = int(stops[-1]) if buf else 0
+        part = self._parts.create_group(S.part_name(k))
+        part.attrs.update(
+            {
+                "rows": [p.row for p in buf],
+                "failures": {str(r): why for r, why in self._failures.items()},
+                "n_frames": n_frames,
+                "written": _now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+        )
+        chunk_rows = max(1, S.TARGET_CHUNK_BYTES // max(1, self.spec.frame_bytes))
+        empty = np.zeros((0, *self.spec.frame_shape), dtype=self.spec.dtype)
+        data = np.concatenate([p.data for p in buf]) if buf else empty
+        write_array(part, S.DATA, data, chunk_rows=chunk_rows)
+        ts = np.concatenate([p.timestamps for p in buf]) if buf else np.zeros(0)
+        write_array(part, S.TIMESTAMPS, ts, chunk_rows=1 << 16)
+        for name, fs in self.spec.fields.items():
+            vals = (
+                np.concatenate([p.fields[name] for p in buf])
+                if buf
+                else np.zeros((0, *fs["shape"]), dtype=fs["dtype"])
+            )
+            write_array(part, name, vals, chunk_rows=1 << 16)
+        # Commit point: one atomic rewrite of the one-chunk index.
+        index = self.index.copy()
+        for p, a, b in zip(buf, starts, stops, strict=True):
+            index[p.row] = (S.Status.COMMITTED, k, a, b)
+        for r in self._failures:
+            index[r] = (S.Status.FAILED, k, 0, 0)
+        self.group[S.INDEX][...] = index
+        self.index = index
+        self.committed_now += len(buf)
+        self.failed_now += len(self._failures)
+        self._buffer, self._failures, self._buffer_bytes = [], {}, 0
+
+    def close(self) -> None:
+        """Flush and append this run to the stream's history."""
+        self.flush()
+        history = list(self.group.attrs.get("history", []))
+        history.append(
+            {
+                **{k: v for k, v in run_info().items() if k in ("avx_version", "created", "host")},
+                "committed": self.committed_now,
+                "failed": self.failed_now,
+            }
+        )
+        self.group.attrs["history"] = history
+
+
+def consolidate(path: str | Path) -> None:
+    """Refresh the consolidated metadata (needed by HTTP readers, which cannot list).
+
+    Serialised by a store-wide lock and re-read from disk while holding it, so when
+    several writers finish at once the last consolidation sees all of their streams.
+    """
+    from avx.store_schema.locks import StreamLock
+
+    path = local_path(path)
+    with StreamLock(path, "__meta__", timeout=120):
+        zarr.consolidate_metadata(zarr.storage.LocalStore(path))

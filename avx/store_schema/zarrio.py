@@ -1,0 +1,123 @@
+"""Thin helpers over zarr-python 3: opening any URL, codecs, tables of columns.
+
+Local paths are opened with :class:`zarr.storage.LocalStore`, which writes every chunk
+and metadata document atomically (temporary file + rename): avx's commit protocol
+relies on that. Other URLs go through fsspec and are read-only for avx.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from avx.errors import StoreError
+
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+warnings.filterwarnings("ignore", message=r"Object at \.locks is not recognized")
+
+
+def compressors(level: int = 3) -> list[Any]:
+    """zstd, then a crc32c checksum so a truncated or damaged chunk fails loudly on read."""
+    return [ZstdCodec(level=level), Crc32cCodec()]
+
+
+def is_local(url: str | os.PathLike[str]) -> bool:
+    s = str(url)
+    return "://" not in s or s.startswith("file://")
+
+
+def local_path(url: str | os.PathLike[str]) -> Path:
+    s = str(url)
+    return Path(s[len("file://") :] if s.startswith("file://") else s)
+
+
+def open_root(url: str | os.PathLike[str], *, writable: bool = False) -> zarr.Group:
+    """Open the root group of a store at a local path or fsspec URL.
+
+    Local stores are opened without consolidated metadata (always current); remote
+    stores use it, because HTTP cannot list directories.
+    """
+    if is_local(url):
+        path = local_path(url)
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{path}: not an avx store (no zarr.json)")
+        store = zarr.storage.LocalStore(path, read_only=not writable)
+        return zarr.open_group(store, mode="r+" if writable else "r", use_consolidated=False)
+    if writable:
+        raise StoreError(f"{url}: avx writes stores on local or network file systems only")
+    try:
+        store = zarr.storage.FsspecStore.from_url(str(url), read_only=True)
+        return zarr.open_group(store, mode="r", use_consolidated=True)
+    except ImportError as e:
+        raise StoreError(f"{url}: cannot open ({e}); install the fsspec backend") from None
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise StoreError(f"{url}: cannot open store ({type(e).__name__}: {e})") from None
+
+
+def write_array(
+    group: zarr.Group,
+    name: str,
+    data: np.ndarray,
+    *,
+    chunk_rows: int | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> zarr.Array:
+    """Create ``group/name`` holding ``data``, chunked along axis 0, checksummed."""
+    data = np.asarray(data)
+    if data.dtype.kind in "OUT":
+        data = data.astype(np.dtypes.StringDType())
+        dtype: Any = str
+    else:
+        dtype = data.dtype
+    rows = max(1, chunk_rows or data.shape[0] or 1)
+    arr = group.create_array(
+        name,
+        shape=data.shape,
+        chunks=(rows, *data.shape[1:]) if data.ndim else (),
+        dtype=dtype,
+        compressors=compressors(),
+        attributes=attributes or {},
+        config={"write_empty_chunks": True},
+    )
+    if data.size:
+        arr[...] = data
+    return arr
+
+
+def write_table(group: zarr.Group, df: pd.DataFrame) -> None:
+    """Write a DataFrame as one 1-D array per column; the column order goes in attrs.
+
+    Numeric columns keep their dtype (integers with missing values become float with
+    NaN); everything else is stored as UTF-8 strings with missing values as ``""``.
+    """
+    columns = []
+    for col in df.columns:
+        s = df[col]
+        if pd.api.types.is_bool_dtype(s):
+            values = s.to_numpy(dtype=bool)
+        elif pd.api.types.is_numeric_dtype(s):
+            values = s.to_numpy(dtype=float if s.isna().any() else s.dtype)
+        else:
+            values = np.array(["" if pd.isna(v) else str(v) for v in s], dtype=object)
+        write_array(group, str(col), values)
+        columns.append(str(col))
+    group.attrs["columns"] = columns
+    group.attrs["n_rows"] = len(df)
+
+
+def read_table(group: zarr.Group) -> pd.DataFrame:
+    columns = group.attrs["columns"]
+    data = {}
+    for col in columns:
+        values = group[col][...]
+        if values.dtype.kind == "T":
+            values = values.astype(object)
+        data[col] = values
+    return pd.DataFrame(data, columns=columns)
