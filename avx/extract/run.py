@@ -203,7 +203,7 @@ def _media(root: Path, rel: str, sample_id: str, what: str) -> Path:
 
 
 def _warn(console: Console, stream: str, sample_id: str, err: Exception) -> None:
-    console.print(f"[yellow]failed[/] {stream} {sample_id}: {err}", highlight=False)
+    console.print(f"[yellow]failed[/] {stream} {sample_id}: {err}", highlight=False, soft_wrap=True)
 
 
 def _audio_row(row, sample, root, audio, writers, options, console) -> None:

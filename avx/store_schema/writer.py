@@ -273,7 +273,8 @@ class StreamWriter:
             raise ValueError(f"{self.spec.name}: {len(timestamps)} timestamps for {len(data)} frames")
         if set(fields) != set(self.spec.fields):
             raise ValueError(f"{self.spec.name}: fields {sorted(fields)} != {sorted(self.spec.fields)}")
-        stored = data.astype(self.spec.dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflow is detected and refused just below
+            stored = data.astype(self.spec.dtype, copy=False)
         if stored.dtype == np.float16 and data.dtype != np.float16 and data.size:
             _check_half(self.spec.name, data, stored)
         conv = {}

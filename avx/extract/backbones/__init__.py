@@ -19,12 +19,9 @@ BACKBONES: Registry[BackboneFactory] = Registry("backbone", "avx.extract.backbon
 def create_backbone(name: str, *, weights: str | None = None, device: str = "cpu") -> Backbone:
     """Build backbone ``name`` (``arch`` or ``arch.tag``) with ``weights`` on ``device``."""
     arch, _, tag = name.partition(".")
-    factory = BACKBONES.get(arch)
-    presets = getattr(factory, "presets", {"": None})
-    if tag and tag not in presets:
-        valid = [f"{arch}.{t}" if t else arch for t in presets]
-        raise UnknownNameError("backbone", name, valid)
-    return factory(tag=tag, weights=weights, device=device)
+    if arch not in BACKBONES or tag not in getattr(BACKBONES.get(arch), "presets", {"": None}):
+        raise UnknownNameError("backbone", name, list_backbones())
+    return BACKBONES.get(arch)(tag=tag, weights=weights, device=device)
 
 
 def list_backbones() -> list[str]:

@@ -1,0 +1,71 @@
+"""End to end through the real ``avx`` command: demo, store init/info/validate, --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, run_avx
+
+COMMANDS = [
+    [], ["demo"], ["extract"], ["list"], ["store"], ["store", "init"], ["store", "info"],
+    ["store", "validate"], ["store", "consolidate"], ["fuse"], ["fuse", "train"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "avx")
+def test_help_on_every_command(cmd: list[str]) -> None:
+    proc = run_avx(*cmd, "--help")
+    assert "Usage: " in proc.stdout and "--help" in proc.stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "avx"
+    proc = subprocess.run([script, "list", "backbones"], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["mfcc", "mfcc.sfav", "mobilenetv2"]
+
+
+def test_store_init_from_metadata_only(tmp_path: Path) -> None:
+    store = tmp_path / "c.zarr"
+    proc = run_avx("store", "init", "--corpus", "cremad", "--root", FIXTURES / "cremad", "--store", store)
+    assert "245 samples" in proc.stdout
+    assert "valid (245 samples)" in run_avx("store", "validate", store).stdout
+    info = json.loads(run_avx("store", "info", store, "--json").stdout)
+    assert info["corpus"] == "cremad" and info["streams"] == {} and info["raters"] == ["av", "face", "voice"]
+    again = run_avx("store", "init", "--corpus", "cremad", "--root", FIXTURES / "cremad", "--store", store,
+                    check=False)  # fmt: skip
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_validate_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "x.zarr").mkdir()
+    proc = run_avx("store", "validate", tmp_path / "x.zarr", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith("not an avx store (no zarr.json)")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = run_avx("demo", "--out", out, "--clips", "18", "--epochs", "3", "--seed", "0")
+    assert "demo results" in proc.stdout and "late-fusion" in proc.stdout
+    assert "audio/mfcc head" in proc.stdout and "video/mobilenetv2 head" in proc.stdout
+    store = out / "demo.zarr"
+    assert "valid (18 samples" in run_avx("store", "validate", store, "--deep").stdout
+    info = json.loads(run_avx("store", "info", store, "--json").stdout)
+    assert set(info["streams"]) == {"faces", "audio/mfcc", "video/mobilenetv2"}
+    for s in info["streams"].values():
+        assert s["committed"] == 18
+        assert s["provenance"]["created"]["avx_version"]
+    assert info["streams"]["faces"]["provenance"]["detector"] == "mtcnn"
+    assert info["streams"]["video/mobilenetv2"]["provenance"]["weights"] == "random-init"
+    metrics = json.loads((out / "runs" / "late-fusion" / "metrics.json").read_text())
+    assert metrics["streams"] == ["audio/mfcc", "video/mobilenetv2"] and "macro_f1" in metrics["test"]
+    # Re-running resumes: the corpus and store are reused, nothing is extracted again.
+    again = run_avx("demo", "--out", out, "--clips", "18", "--epochs", "3", "--seed", "0")
+    assert "reusing demo corpus" in again.stdout
+    assert json.loads((out / "runs" / "late-fusion" / "metrics.json").read_text())["test"] == metrics["test"]

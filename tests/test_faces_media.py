@@ -1,0 +1,87 @@
+"""Real MTCNN on a real photograph; media decoding and its one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+from skimage import data
+
+from avx.errors import MediaError
+from avx.extract.faces import FaceConfig, FacePipeline
+from avx.extract.media import FrameSampling, load_audio, read_frames
+
+
+@pytest.fixture(scope="module")
+def faces() -> FacePipeline:
+    return FacePipeline(FaceConfig())
+
+
+def test_mtcnn_finds_the_astronaut_and_nothing_in_a_blank_frame(faces: FacePipeline) -> None:
+    img = data.astronaut()
+    det = faces.detect(np.stack([img, np.zeros_like(img)]))
+    assert det.detected.tolist() == [True, False]
+    x1, y1, x2, y2 = det.boxes[0]
+    # Her face spans roughly x 180-270, y 60-175 in the 512 x 512 photograph.
+    assert 165 < x1 < 195 and 255 < x2 < 285 and 45 < y1 < 80 and 160 < y2 < 190
+    assert det.probs[0] > 0.99 and det.probs[1] == 0
+    left_eye, right_eye = det.landmarks[0, 0], det.landmarks[0, 1]
+    assert left_eye[0] < right_eye[0]
+    with pytest.raises(MediaError, match=r"blank\.png: no face found in 1 frame"):
+        faces(np.zeros((1, 128, 128, 3), np.uint8), source="blank.png")
+
+
+def test_alignment_levels_the_eye_line(faces: FacePipeline) -> None:
+    tilted = np.asarray(Image.fromarray(data.astronaut()).rotate(20, resample=Image.BILINEAR))
+    crops, fields = faces(tilted[None])
+    assert crops.shape == (1, 224, 224, 3) and crops.dtype == np.uint8
+    eyes = fields["landmarks"][0, :2]
+    assert abs(np.degrees(np.arctan2(*(eyes[1] - eyes[0])[::-1]))) > 10  # tilted input
+    again = faces.detect(crops)
+    assert again.detected[0]
+    dx, dy = again.landmarks[0, 1] - again.landmarks[0, 0]
+    assert abs(np.degrees(np.arctan2(dy, dx))) < 4  # level after alignment
+
+
+def test_missing_face_policies() -> None:
+    img = data.astronaut()
+    frames = np.stack([np.zeros_like(img), img, np.zeros_like(img)])
+    reuse, f = FacePipeline(FaceConfig(missing="reuse"))(frames)
+    assert f["detected"].tolist() == [False, True, False]
+    assert np.array_equal(reuse[0], reuse[2]) and reuse[1].mean() > 50  # same box, blank frame
+    mark, _ = FacePipeline(FaceConfig(missing="mark"))(frames)
+    assert mark[0].max() == 0 and mark[2].max() == 0 and np.array_equal(mark[1], reuse[1])
+
+
+def test_audio_resampling_keeps_pitch_and_errors_name_the_file(tmp_path: Path) -> None:
+    t = np.arange(44_100) / 44_100
+    sf.write(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 440 * t), 44_100)
+    y = load_audio(tmp_path / "tone.wav", 16_000)
+    assert len(y) == 16_000 and y.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spectrum) * 16_000 / len(y) - 440) < 2
+    sf.write(tmp_path / "silent.wav", np.zeros(16_000), 16_000)
+    with pytest.raises(MediaError, match=r"silent\.wav: silent audio"):
+        load_audio(tmp_path / "silent.wav", 16_000)
+    with pytest.raises(MediaError, match=r"nope\.wav: file not found"):
+        load_audio(tmp_path / "nope.wav", 16_000)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
+    with pytest.raises(MediaError, match=r"bad\.wav: unreadable audio"):
+        load_audio(tmp_path / "bad.wav", 16_000)
+
+
+def test_video_sampling_and_corrupt_video(demo_corpus: Path, tmp_path: Path) -> None:
+    video = next((demo_corpus / "VideoFlash").glob("*.flv"))
+    all_frames, t_all = read_frames(video, FrameSampling())
+    assert all_frames.ndim == 4 and np.allclose(np.diff(t_all), 1 / 15, atol=1e-3)
+    five, t5 = read_frames(video, FrameSampling("fps", fps=5))
+    assert np.allclose(np.diff(t5), 0.2, atol=0.04) and len(five) < len(all_frames)
+    uni, tu = read_frames(video, FrameSampling("uniform", n=4, seconds=1.2))
+    assert len(uni) == 4 and tu[-1] <= 1.2
+    bad = tmp_path / "broken.flv"
+    bad.write_bytes(video.read_bytes()[:200])
+    with pytest.raises(MediaError, match=r"broken\.flv: corrupt video"):
+        read_frames(bad, FrameSampling())

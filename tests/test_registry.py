@@ -1,0 +1,71 @@
+"""Registries: names, one-line errors, and every registered backbone/method works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avx.corpora import CORPORA
+from avx.errors import UnknownNameError
+from avx.extract.backbones import AudioBackbone, create_backbone, list_backbones
+from avx.fuse.data import Batch
+from avx.fuse.methods import METHODS, create_method
+
+
+def test_unknown_names_list_valid_ones() -> None:
+    with pytest.raises(UnknownNameError) as e:
+        create_backbone("wavlm-huge")
+    msg = str(e.value)
+    assert msg.startswith("unknown backbone 'wavlm-huge'; valid: ")
+    assert "mfcc" in msg and "mobilenetv2" in msg and "\n" not in msg
+    with pytest.raises(UnknownNameError, match="valid: late-fusion"):
+        METHODS.get("nope")
+    with pytest.raises(UnknownNameError, match="cremad"):
+        CORPORA.get("crema")
+
+
+def test_dash_and_underscore_are_the_same_name() -> None:
+    assert METHODS.get("late_fusion") is METHODS.get("late-fusion")
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM-INIT")
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_produces_its_declared_frames(name: str) -> None:
+    b = create_backbone(name, weights="none")
+    prov = b.provenance()
+    assert prov["backbone"] == name and "weights_sha256" in prov
+    rng = np.random.default_rng(0)
+    if isinstance(b, AudioBackbone):
+        wav = rng.standard_normal(b.sample_rate).astype(np.float32)
+        feats, ts = b(wav)
+        assert feats.shape[1:] == b.frame_shape and ts.shape == (len(feats),)
+        assert np.all(np.diff(ts) > 0)
+        assert abs(len(feats) - b.frame_rate) <= 2  # one second of audio
+    else:
+        faces = rng.integers(0, 255, (3, b.crop_size, b.crop_size, 3), dtype=np.uint8)
+        feats = b(faces)
+        assert feats.shape == (3, *b.frame_shape) and np.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> None:
+    torch.manual_seed(0)
+    dims = {"audio/a": 5, "video/v": 7}
+    model = create_method(name, dims, num_classes=3)
+    b = Batch(
+        ids=["x", "y", "z"],
+        inputs={"audio/a": torch.randn(3, 4, 5), "video/v": torch.randn(3, 2, 7)},
+        masks={"audio/a": torch.ones(3, 4, dtype=torch.bool), "video/v": torch.ones(3, 2, dtype=torch.bool)},
+        present={"audio/a": torch.tensor([True, True, True]), "video/v": torch.tensor([True, False, True])},
+        targets=torch.tensor([0, 1, 2]),
+    )
+    b.masks["video/v"][1] = False
+    out = model(b)
+    assert out.logits.shape == (3, 3) and torch.isfinite(out.logits).all()
+    if out.fusion_weights is not None:
+        assert out.fusion_weights[1, 1] == 0  # the absent stream gets no weight
+        assert torch.allclose(out.fusion_weights.sum(1), torch.ones(3))
+    loss = model.task_loss(out, b.targets) + sum(out.aux_losses.values())
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,196 @@
+"""Store schema v1: round trip, commit protocol, validation failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avx.corpora import CorpusMetadata
+from avx.errors import StoreError
+from avx.store_schema import (
+    Status,
+    StreamSpec,
+    StreamWriter,
+    create_store,
+    open_store,
+    validate_store,
+)
+from avx.store_schema.zarrio import open_root
+
+N = 10
+
+
+def _meta() -> CorpusMetadata:
+    samples = pd.DataFrame(
+        {
+            "id": [f"s{i}" for i in range(N)],
+            "speaker": [f"p{i % 3}" for i in range(N)],
+            "duration": np.linspace(1, 2, N),
+            "audio_path": [f"a/s{i}.wav" for i in range(N)],
+            "video_path": [""] * N,
+            "age": [20.0, np.nan] * (N // 2),
+            "split": ["train"] * 6 + ["dev"] * 2 + ["test"] * 2,
+        }
+    )
+    rng = np.random.default_rng(0)
+    votes = {r: rng.integers(0, 5, (N, 3)) for r in ("voice", "face", "av")}
+    return CorpusMetadata("toy", samples, ["a", "b", "c"], votes, intended=np.arange(N) % 3)
+
+
+SPEC = StreamSpec(
+    name="audio/toy",
+    frame_shape=(4,),
+    dtype="float16",
+    frame_rate=100.0,
+    fields={"flag": {"shape": [], "dtype": "bool"}},
+    provenance={"backbone": "toy", "weights": "random-init", "hop": 160},
+)
+
+
+def _frames(i: int) -> np.ndarray:
+    return (np.arange((i + 1) * 4, dtype=np.float32).reshape(i + 1, 4) / 7).astype(np.float32)
+
+
+def _write(store: Path, rows, *, part_size: int = 3, fail=()) -> StreamWriter:
+    w = StreamWriter(open_root(store, writable=True), SPEC, part_size=part_size)
+    for i in rows:
+        if i in fail:
+            w.fail(i, f"s{i}.wav: silent audio")
+        else:
+            w.add(i, _frames(i), np.arange(i + 1) / 100, flag=np.arange(i + 1) % 2 == 0)
+    w.close()
+    return w
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return create_store(tmp_path / "t.zarr", _meta())
+
+
+def test_round_trip(store: Path) -> None:
+    _write(store, range(N), fail={4})
+    s = open_store(store)
+    assert list(s.samples["id"]) == [f"s{i}" for i in range(N)]
+    assert np.isnan(s.samples["age"][1]) and s.samples["age"][0] == 20
+    assert s.labels["voice"].counts.shape == (N, 3) and s.intended.tolist() == list(np.arange(N) % 3)
+    assert s.streams == ["audio/toy"]
+    st = s.stream("audio/toy")
+    assert st.committed_ids == [f"s{i}" for i in range(N) if i != 4]
+    assert st.failures == {"s4": "s4.wav: silent audio"}
+    assert st.status("s4") == Status.FAILED
+    for i in (0, 3, 9):
+        np.testing.assert_array_equal(st[f"s{i}"], _frames(i).astype(np.float16))
+        np.testing.assert_array_equal(st.timestamps(f"s{i}"), np.arange(i + 1) / 100)
+        assert st.field(f"s{i}", "flag").tolist() == (np.arange(i + 1) % 2 == 0).tolist()
+    many = st.read_many(["s9", "s0", "s5"])
+    assert [len(a) for a in many] == [10, 1, 6]
+    with pytest.raises(KeyError, match="failed"):
+        st["s4"]
+    assert st.provenance["hop"] == 160 and st.spec.dtype == "float16"
+    assert validate_store(store, deep=True).ok
+    info = s.info()
+    assert info["streams"]["audio/toy"]["committed"] == N - 1
+    json.dumps(info)  # JSON-able
+
+
+def test_resume_skips_done_and_refuses_other_settings(store: Path) -> None:
+    _write(store, range(4))
+    w = StreamWriter(open_root(store, writable=True), SPEC)
+    assert w.todo(list(range(N))) == list(range(4, N))
+    other = StreamSpec(**{**SPEC.__dict__, "provenance": {**SPEC.provenance, "hop": 320}})
+    with pytest.raises(StoreError, match="provenance 'hop' is 160 in the store, 320 now"):
+        StreamWriter(open_root(store, writable=True), other)
+
+
+def test_float16_overflow_is_refused(store: Path) -> None:
+    w = StreamWriter(open_root(store, writable=True), SPEC)
+    with pytest.raises(StoreError, match="float16 cannot represent"):
+        w.add(0, np.full((2, 4), 1e6, np.float32), np.arange(2.0), flag=np.ones(2, bool))
+
+
+def test_uncommitted_part_is_invisible_then_removed(store: Path) -> None:
+    _write(store, range(3))
+    # Simulate a crash after a part's arrays were written but before the index commit.
+    parts = store / "streams/audio/toy/parts"
+    shutil.copytree(parts / "000000", parts / "000007")
+    s = open_store(store).stream("audio/toy")
+    assert len(s) == 3
+    report = validate_store(store)
+    assert report.ok and any("uncommitted part" in w for w in report.warnings)
+    _write(store, range(3, 5))
+    assert not (parts / "000007").exists()
+    assert not any("uncommitted" in w for w in validate_store(store).warnings)
+
+
+def _corrupt_and_check(store: Path, deep: bool, pattern: str) -> None:
+    report = validate_store(store, deep=deep)
+    assert not report.ok
+    assert pattern in report.summary(), report.summary()
+    assert "\n" not in report.summary()
+
+
+def test_validate_truncated_array(store: Path) -> None:
+    _write(store, range(N))
+    meta = store / "streams/audio/toy/parts/000000/data/zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][0] -= 1
+    meta.write_text(json.dumps(doc))
+    _corrupt_and_check(store, False, "truncated array")
+
+
+def test_validate_truncated_chunk_file(store: Path) -> None:
+    _write(store, range(N))
+    chunk = store / "streams/audio/toy/parts/000001/data/c/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    assert validate_store(store).ok  # metadata checks cannot see inside chunks...
+    _corrupt_and_check(store, True, "unreadable chunk")  # ...the checksum can
+
+
+def test_validate_missing_chunk(store: Path) -> None:
+    _write(store, range(N))
+    (store / "streams/audio/toy/parts/000001/timestamps/c/0").unlink()
+    _corrupt_and_check(store, False, "chunks missing")
+
+
+def test_validate_wrong_schema_version(store: Path) -> None:
+    meta = store / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["avx_schema"] = 99
+    doc.pop("consolidated_metadata", None)
+    meta.write_text(json.dumps(doc))
+    _corrupt_and_check(store, False, "schema version 99, this avx reads 1")
+    with pytest.raises(StoreError, match="schema version 99"):
+        open_store(store)
+
+
+def test_validate_inconsistent_offsets(store: Path) -> None:
+    _write(store, range(N))
+    root = open_root(store, writable=True)
+    index = root["streams/audio/toy/index"][...]
+    index[1, 2] += 1  # sample 1 now starts one frame late inside its part
+    root["streams/audio/toy/index"][...] = index
+    _corrupt_and_check(store, False, "offsets inconsistent")
+
+
+def test_validate_labels_must_match_votes(store: Path) -> None:
+    root = open_root(store, writable=True)
+    mh = root["labels/av/multihot"][...]
+    mh[0] = 1 - mh[0]
+    root["labels/av/multihot"][...] = mh
+    _corrupt_and_check(store, False, "labels/av/multihot")
+
+
+def test_create_store_is_all_or_nothing(tmp_path: Path) -> None:
+    bad = _meta()
+    bad.votes["av"] = np.full((N, 3), -1)  # derive_rater_labels refuses negative counts
+    with pytest.raises(ValueError):
+        create_store(tmp_path / "x.zarr", bad)
+    assert list(tmp_path.iterdir()) == []
+    create_store(tmp_path / "y.zarr", _meta())
+    with pytest.raises(StoreError, match="already exists"):
+        create_store(tmp_path / "y.zarr", _meta())
