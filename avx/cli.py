@@ -27,7 +27,9 @@ app = typer.Typer(
 )
 store_app = typer.Typer(help="Create, inspect and validate feature stores.", no_args_is_help=True)
 fuse_app = typer.Typer(help="Train and evaluate fusion methods from a store.", no_args_is_help=True)
+corpus_app = typer.Typer(help="Corpora avx reads in their official layout.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+app.add_typer(corpus_app, name="corpus")
 app.add_typer(fuse_app, name="fuse")
 
 out = Console()
@@ -40,18 +42,34 @@ def _split_csv(values: list[str] | None) -> tuple[str, ...]:
 
 @store_app.command("init")
 def store_init(
-    corpus: Annotated[str, typer.Option(help="Corpus name (see `avx list corpora`).")],
-    root: Annotated[Path, typer.Option(help="Corpus root, in its official layout.")],
+    corpus: Annotated[str, typer.Option(help="Corpus name (see `avx corpus list`).")],
+    root: Annotated[
+        Path, typer.Option(help="Corpus root, in its official layout (manifest: the CSV/Parquet).")
+    ],
     store: Annotated[Path, typer.Option(help="Store path to create (e.g. cremad.zarr).")],
+    protocol: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Default evaluation protocol, e.g. speaker-trials or speaker-trials:k=10,seed=1"
+            " (every protocol the corpus has is stored; this picks the default)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
-    """Create a store from corpus metadata only: samples, labels, demographics, splits."""
+    """Create a store from corpus metadata only: samples, labels, demographics, protocols."""
     from avx.corpora import load_corpus
+    from avx.corpora.protocols import apply_protocol
     from avx.store_schema import create_store, open_store
 
-    path = create_store(store, load_corpus(corpus, root), overwrite=overwrite)
+    meta = load_corpus(corpus, root)
+    default = apply_protocol(meta, protocol) if protocol else None
+    path = create_store(store, meta, overwrite=overwrite, default_protocol=default, console=err)
     s = open_store(path)
-    out.print(f"created {path}: {len(s.samples)} samples, raters {sorted(s.labels)}, classes {s.class_names}")
+    out.print(
+        f"created {path}: {len(s.samples)} samples, {s.samples['speaker'].nunique()} speakers, "
+        f"labels {sorted(s.labels) + s.categorical_names}, "
+        f"protocols {s.protocols} (default {s.default_protocol})"
+    )
 
 
 @store_app.command("info")
@@ -59,7 +77,7 @@ def store_info(
     path: Annotated[str, typer.Argument(help="Store path or URL (file://, s3://, https://).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
 ) -> None:
-    """Summarise a store: corpus, samples, splits, and every stream with its provenance."""
+    """Summarise a store: corpus, label statistics, protocols, and every stream with its provenance."""
     from avx.store_schema import open_store
 
     info = open_store(path).info()
@@ -68,16 +86,34 @@ def store_info(
         return
     out.print(
         f"[bold]{info['url']}[/] corpus={info['corpus']} schema=v{info['schema']} "
-        f"samples={info['n_samples']} speakers={info['n_speakers']}"
+        f"samples={info['n_samples']} speakers={info['n_speakers']} "
+        f"media: audio {info['media']['audio']}, video {info['media']['video']}"
     )
-    out.print(f"classes: {', '.join(info['class_names'])}; raters: {', '.join(info['raters'])}")
-    for col, counts in info["splits"].items():
-        out.print(f"{col}: {counts}  ({info['protocols'][col]})")
+    out.print(f"classes: {', '.join(info['class_names'])}")
+    for kind, st in info["label_stats"].items():
+        if "plurality_counts" in st:
+            counts = ", ".join(f"{c} {n}" for c, n in st["plurality_counts"].items())
+            out.print(
+                f"labels [bold]{kind}[/]: rated {st['rated']}, plurality {counts}, ties {st['ties']}; "
+                f"multi-label {st['multilabel_clips']} ({100 * st['multilabel_rate']:.1f}%); "
+                f"agreement {st['agreement']:.3f}, {st['mean_votes']:.1f} votes/clip",
+                highlight=False,
+            )
+        else:
+            out.print(f"labels [bold]{kind}[/]: {json.dumps(st, default=str)}", highlight=False)
+    for name, p in info["protocols"].items():
+        star = " (default)" if p["default"] else ""
+        out.print(
+            f"protocol [bold]{name}[/]{star}: {p['description']}; fold 0 clips {p['fold0_clips']}, "
+            f"speakers {p['fold0_speakers']}",
+            highlight=False,
+        )
     for name, s in info["streams"].items():
         prov = s["provenance"]
+        source = prov.get("weights") or prov.get("detector") or prov.get("source")
         out.print(
             f"stream [bold]{name}[/] {tuple(s['frame_shape'])} {s['dtype']}: committed={s['committed']} "
-            f"failed={s['failed']} missing={s['missing']} weights={prov.get('weights')}"
+            f"failed={s['failed']} missing={s['missing']} from={source}"
         )
 
 
@@ -181,14 +217,18 @@ def fuse_train(
     method: Annotated[str, typer.Option(help="Fusion method (see `avx list methods`).")],
     streams: Annotated[str, typer.Option(help="Comma-separated streams, e.g. audio/mfcc,video/mobilenetv2.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory for metrics, config, checkpoint.")],
-    labels: Annotated[str, typer.Option(help="voice | face | av | intended.")] = "av",
+    labels: Annotated[str, typer.Option(help="voice | face | av | intended | consensus.")] = "av",
     task: Annotated[str, typer.Option(help="multiclass.")] = "multiclass",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and batch order.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
-    split: Annotated[str, typer.Option(help="Samples column holding train/dev/test.")] = "split",
+    protocol: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Evaluation protocol stored in the store (default: the store's default)."),
+    ] = None,
+    fold: Annotated[int, typer.Option(help="Fold of the protocol.")] = 0,
     option: Annotated[
         Optional[list[str]],  # noqa: UP045
         typer.Option("--set", help="Method option KEY=VALUE (JSON value), e.g. --set hidden_size=64."),
@@ -208,7 +248,9 @@ def fuse_train(
     config = TrainConfig(
         store=store,
         method=method,
-        data=DataConfig(streams=_split_csv([streams]), labels=labels, task=task, split=split),
+        data=DataConfig(
+            streams=_split_csv([streams]), labels=labels, task=task, protocol=protocol, fold=fold
+        ),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -219,6 +261,16 @@ def fuse_train(
     metrics = train(config, out_dir, console=err)
     out.print(results_table(metrics_rows(metrics), title=f"{method} on {store} ({labels} labels)"))
     out.print(f"wrote {out_dir}/metrics.json, config.json, model.pt")
+
+
+@corpus_app.command("list")
+def corpus_list() -> None:
+    """Registered corpora: modalities, label types and the layout avx expects, one line each."""
+    from avx.corpora import CORPORA
+
+    for name in CORPORA.names():
+        i = CORPORA.info(name)
+        out.print(f"[bold]{name}[/]  modalities: {i.modalities} | labels: {i.labels} | layout: {i.layout}")
 
 
 @app.command("list")

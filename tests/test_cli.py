@@ -14,6 +14,7 @@ from tests.conftest import FIXTURES, run_avx
 COMMANDS = [
     [], ["demo"], ["extract"], ["list"], ["store"], ["store", "init"], ["store", "info"],
     ["store", "validate"], ["store", "consolidate"], ["fuse"], ["fuse", "train"],
+    ["corpus"], ["corpus", "list"],
 ]  # fmt: skip
 
 
@@ -33,7 +34,7 @@ def test_store_init_from_metadata_only(tmp_path: Path) -> None:
     store = tmp_path / "c.zarr"
     proc = run_avx("store", "init", "--corpus", "cremad", "--root", FIXTURES / "cremad", "--store", store)
     assert "245 samples" in proc.stdout
-    assert "valid (245 samples)" in run_avx("store", "validate", store).stdout
+    assert "valid (245 samples, 1 protocols)" in run_avx("store", "validate", store).stdout
     info = json.loads(run_avx("store", "info", store, "--json").stdout)
     assert info["corpus"] == "cremad" and info["streams"] == {} and info["raters"] == ["av", "face", "voice"]
     again = run_avx("store", "init", "--corpus", "cremad", "--root", FIXTURES / "cremad", "--store", store,

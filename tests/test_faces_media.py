@@ -85,3 +85,16 @@ def test_video_sampling_and_corrupt_video(demo_corpus: Path, tmp_path: Path) -> 
     bad.write_bytes(video.read_bytes()[:200])
     with pytest.raises(MediaError, match=r"broken\.flv: corrupt video"):
         read_frames(bad, FrameSampling())
+
+
+def test_video_segment_matches_the_full_decode(demo_corpus: Path) -> None:
+    """IEMOCAP-style clips are segments of longer videos: seek, cut, re-time from the start."""
+    video = next((demo_corpus / "VideoFlash").glob("*.flv"))
+    full, t_full = read_frames(video, FrameSampling())
+    seg, t_seg = read_frames(video, FrameSampling(), segment=(0.5, 1.0))
+    inside = (t_full >= 0.5 - 1e-6) & (t_full < 1.0 - 1e-6)
+    assert len(seg) == int(inside.sum()) > 0
+    np.testing.assert_array_equal(seg, full[inside])
+    np.testing.assert_allclose(t_seg, t_full[inside] - 0.5, atol=1e-6)
+    with pytest.raises(MediaError, match="no frames in segment"):
+        read_frames(video, FrameSampling(), segment=(99.0, 100.0))

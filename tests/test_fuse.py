@@ -90,3 +90,17 @@ def test_fuse_train_cli(demo_store: Path, tmp_path: Path) -> None:
                   "audio/wavlm", "--out", tmp_path / "x", check=False)  # fmt: skip
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: unknown stream 'audio/wavlm'; valid: faces, audio/mfcc")
+
+
+def test_protocol_and_fold_select_the_split(demo_store: Path) -> None:
+    store = open_store(demo_store)
+    p = store.protocol()
+    assert p.name == store.default_protocol == "speaker-trials" and p.n_folds == 5
+    folds = [FusionData(store, DataConfig(streams=STREAMS, fold=k)) for k in (0, 1)]
+    speakers = store.samples.set_index("id")["speaker"]
+    for d in folds:
+        test_spk = set(speakers[d.ids[d.split == "test"]])
+        assert test_spk and not test_spk & set(speakers[d.ids[d.split == "train"]])
+    assert not np.array_equal(folds[0].split, folds[1].split)
+    with pytest.raises(Exception, match="unknown protocol 'official'"):
+        FusionData(store, DataConfig(streams=STREAMS, protocol="official"))

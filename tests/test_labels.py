@@ -54,6 +54,6 @@ def test_cremad_plurality_matches_tabulated_emo_vote(tmp_path) -> None:
             derived = _joined(plurality[i])
             assert derived == summary.loc[cid, col], (rater, cid)
     assert s.samples.loc[0, "sex"] == "Male" and s.samples.loc[0, "age"] == 51
-    assert set(s.samples["split"]) <= {"train", "dev", "test"}
+    assert set(s.split()) <= {"train", "dev", "test"}
     # Intended emotion from the file name.
     assert s.class_names[s.intended[0]] == "neutral" and s.samples.loc[0, "id"].endswith("NEU_XX")

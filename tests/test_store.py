@@ -1,4 +1,4 @@
-"""Store schema v1: round trip, commit protocol, validation failures."""
+"""Store schema: round trip, commit protocol, validation failures."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from avx.corpora import CorpusMetadata
+from avx.corpora.protocols import official
 from avx.errors import StoreError
 from avx.store_schema import (
+    SCHEMA_VERSION,
     Status,
     StreamSpec,
     StreamWriter,
@@ -34,12 +36,20 @@ def _meta() -> CorpusMetadata:
             "audio_path": [f"a/s{i}.wav" for i in range(N)],
             "video_path": [""] * N,
             "age": [20.0, np.nan] * (N // 2),
-            "split": ["train"] * 6 + ["dev"] * 2 + ["test"] * 2,
         }
     )
     rng = np.random.default_rng(0)
     votes = {r: rng.integers(0, 5, (N, 3)) for r in ("voice", "face", "av")}
-    return CorpusMetadata("toy", samples, ["a", "b", "c"], votes, intended=np.arange(N) % 3)
+    split = official(["train"] * 6 + ["dev"] * 2 + ["test"] * 2, source="toy")
+    split.assign[:] = np.array([0, 1, 2])[np.arange(N) % 3].reshape(-1, 1)  # by speaker p0/p1/p2
+    return CorpusMetadata(
+        "toy",
+        samples,
+        ["a", "b", "c"],
+        votes,
+        categorical={"intended": np.arange(N) % 3},
+        protocols={"official": split},
+    )
 
 
 SPEC = StreamSpec(
@@ -163,7 +173,7 @@ def test_validate_wrong_schema_version(store: Path) -> None:
     doc["attributes"]["avx_schema"] = 99
     doc.pop("consolidated_metadata", None)
     meta.write_text(json.dumps(doc))
-    _corrupt_and_check(store, False, "schema version 99, this avx reads 1")
+    _corrupt_and_check(store, False, f"schema version 99, this avx reads {SCHEMA_VERSION}")
     with pytest.raises(StoreError, match="schema version 99"):
         open_store(store)
 

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from avx.corpora.base import CORPORA, CorpusMetadata
-from avx.errors import AvxError
+from avx.corpora._io import check_range, check_unique, fail, read_csv, require_dir
+from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata
+from avx.corpora.protocols import speaker_trials
 
 CLASS_CODES = ("A", "D", "F", "H", "N", "S")
 CLASS_NAMES = ["anger", "disgust", "fear", "happy", "neutral", "sad"]
@@ -46,44 +47,34 @@ SENTENCES = {
 }
 VIDEO_DIRS = ("VideoFlash", "VideoMP4")
 VIDEO_EXTS = (".flv", ".mp4")
-SPLIT_SEED = 0
-SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+VOTES_FILES = ("processedResults/tabulatedVotes.csv", "tabulatedVotes.csv")
+"""The official place first; a flat copy of the metadata files is accepted too."""
+INFO = CorpusInfo(
+    modalities="audio, video",
+    labels="votes per rater modality (voice/face/av), intensity, intended emotion+level",
+    layout="AudioWAV/*.wav, VideoFlash/*.flv|mp4, processedResults/tabulatedVotes.csv, VideoDemographics.csv",
+)
 
 
-def parse_clip_id(clip_id: str) -> dict[str, object]:
-    """Fields encoded in a CREMA-D file name."""
-    try:
-        actor, sentence, emotion, level = clip_id.split("_")
-        return {
-            "speaker": actor,
-            "sentence": sentence,
-            "sentence_text": SENTENCES[sentence],
-            "intended": FILE_EMOTIONS[emotion],
-            "level": level if level in LEVELS else "XX",
-        }
-    except (ValueError, KeyError):
-        raise AvxError(f"CREMA-D: cannot parse clip name '{clip_id}'") from None
-
-
-def speaker_split(speakers: pd.Series, *, seed: int = SPLIT_SEED) -> np.ndarray:
-    """Speaker-disjoint train/dev/test (70/15/15 % of speakers), seeded permutation."""
-    unique = np.array(sorted(speakers.unique()))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    n_train = round(SPLIT_FRACTIONS[0] * len(unique))
-    n_dev = round(SPLIT_FRACTIONS[1] * len(unique))
-    assign = {}
-    for rank, i in enumerate(order):
-        assign[unique[i]] = "train" if rank < n_train else "dev" if rank < n_train + n_dev else "test"
-    return speakers.map(assign).to_numpy(dtype=object)
-
-
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.exists():
-        raise AvxError(f"{path}: missing ({what})")
-    try:
-        return pd.read_csv(path)
-    except Exception as e:
-        raise AvxError(f"{path}: unreadable CSV ({e})") from None
+def parse_clip_id(clip_id: str, source: Path | str = "CREMA-D") -> dict[str, object]:
+    """Fields encoded in a CREMA-D file name ``<actor>_<sentence>_<emotion>_<level>``."""
+    parts = clip_id.split("_")
+    if len(parts) != 4 or not parts[0].isdigit():
+        raise fail(source, f"clip name '{clip_id}' is not <actor>_<sentence>_<emotion>_<level>")
+    actor, sentence, emotion, level = parts
+    if sentence not in SENTENCES:
+        raise fail(source, f"clip '{clip_id}': unknown sentence code '{sentence}'")
+    if emotion not in FILE_EMOTIONS:
+        raise fail(source, f"clip '{clip_id}': unknown emotion code '{emotion}'")
+    if level not in LEVELS:
+        raise fail(source, f"clip '{clip_id}': unknown level code '{level}'")
+    return {
+        "speaker": actor,
+        "sentence": sentence,
+        "sentence_text": SENTENCES[sentence],
+        "intended": FILE_EMOTIONS[emotion],
+        "level": level,
+    }
 
 
 def _list_media(root: Path) -> tuple[set[str], dict[str, str]]:
@@ -98,24 +89,73 @@ def _list_media(root: Path) -> tuple[set[str], dict[str, str]]:
     return audio, video
 
 
-@CORPORA.register("cremad")
+def _votes_path(root: Path) -> Path:
+    for rel in VOTES_FILES:
+        if (root / rel).exists():
+            return root / rel
+    return root / VOTES_FILES[0]
+
+
+def _votes(root: Path, ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Vote counts and mean intensity per rater modality from tabulatedVotes.csv."""
+    path = _votes_path(root)
+    df = read_csv(path, "tabulated votes", columns=["fileName", *CLASS_CODES], numeric=CLASS_CODES)
+    row_ids = pd.to_numeric(df.iloc[:, 0], errors="coerce")
+    if row_ids.isna().any():
+        i = int(np.flatnonzero(row_ids.isna().to_numpy())[0])
+        raise fail(path, f"row id {df.iloc[i, 0]!r} is not 100000*queryType + clip number", i + 1)
+    check_unique(path, row_ids.astype(np.int64).astype(str).tolist(), "row id")
+    query = (row_ids // 100000).astype(int).to_numpy()
+    if bad := sorted(set(query) - set(QUERY_TYPES)):
+        i = int(np.flatnonzero(query == bad[0])[0])
+        raise fail(path, f"unknown queryType {bad[0]} (1 voice, 2 face, 3 audio-visual)", i + 1)
+    counts_all = df[list(CLASS_CODES)].to_numpy()
+    check_range(path, counts_all, 0, np.inf, "vote count")
+    if (counts_all != np.round(counts_all)).any():
+        i = int(np.argwhere(counts_all != np.round(counts_all))[0][0])
+        raise fail(path, "vote counts must be whole numbers", i + 1)
+    names = df["fileName"].astype(str).to_numpy()
+    check_unique(path, [f"{q}:{n}" for q, n in zip(query, names, strict=True)], "(queryType, fileName)")
+    id_pos = {cid: i for i, cid in enumerate(ids)}
+    if unknown := [i for i, n in enumerate(names) if n not in id_pos]:
+        raise fail(path, f"clip '{names[unknown[0]]}' is not in the clip list", unknown[0] + 1)
+    intensity_col = pd.to_numeric(df.get("meanEmoResp", pd.Series(np.nan, index=df.index)), errors="coerce")
+    counts, intensity = {}, {}
+    for qt, rater in QUERY_TYPES.items():
+        sel = np.flatnonzero(query == qt)
+        pos = np.array([id_pos[n] for n in names[sel]], dtype=np.int64)
+        c = np.zeros((len(ids), len(CLASS_CODES)), dtype=np.int32)
+        c[pos] = counts_all[sel].astype(np.int32)
+        m = np.full(len(ids), np.nan, dtype=np.float32)
+        m[pos] = intensity_col.to_numpy()[sel]
+        counts[rater], intensity[rater] = c, m
+    return counts, intensity
+
+
+@CORPORA.register_corpus("cremad", INFO)
 def load_cremad(root: Path) -> CorpusMetadata:
-    """Read CREMA-D metadata (votes, demographics, clip list) from its official layout."""
-    root = Path(root)
-    if not root.is_dir():
-        raise AvxError(f"{root}: corpus root is not a directory")
-    votes_df = _read_csv(root / "processedResults" / "tabulatedVotes.csv", "tabulated votes")
-    demo = _read_csv(root / "VideoDemographics.csv", "actor demographics")
+    """Read CREMA-D metadata (votes, intensities, demographics, clip list)."""
+    root = require_dir(root)
+    demo_path = root / "VideoDemographics.csv"
+    demo = read_csv(demo_path, "actor demographics", columns=["ActorID"], numeric=["ActorID"])
+    check_unique(demo_path, demo["ActorID"].astype(int).astype(str), "ActorID")
     listing = root / "SentenceFilenames.csv"
     if listing.exists():
-        ids = _read_csv(listing, "clip list")["Filename"].astype(str).tolist()
+        ids = read_csv(listing, "clip list", columns=["Filename"])["Filename"].astype(str).tolist()
+        source = listing
     else:
-        ids = sorted(votes_df["fileName"].astype(str).unique())
+        votes_path = _votes_path(root)
+        ids = sorted(
+            read_csv(votes_path, "tabulated votes", columns=["fileName"])["fileName"].astype(str).unique()
+        )
+        source = votes_path
+    check_unique(source, ids, "clip")
+    parsed = [parse_clip_id(cid, source) for cid in ids]
+    votes, intensity = _votes(root, ids)
 
     audio, video = _list_media(root)
     rows = []
-    for cid in ids:
-        meta = parse_clip_id(cid)
+    for cid, meta in zip(ids, parsed, strict=True):
         duration = float("nan")
         if cid in audio:
             # A corrupt header leaves NaN here; extraction reports it for this clip.
@@ -131,48 +171,23 @@ def load_cremad(root: Path) -> CorpusMetadata:
             }
         )
     samples = pd.DataFrame(rows)
-
     demo = demo.rename(columns=str.lower).rename(columns={"actorid": "speaker"})
-    demo["speaker"] = demo["speaker"].astype(str)
+    demo["speaker"] = demo["speaker"].astype(int).astype(str)
+    if missing := sorted(set(samples["speaker"]) - set(demo["speaker"])):
+        raise fail(demo_path, f"no demographics for actor {missing[0]}")
     samples = samples.merge(demo, on="speaker", how="left")
-    samples["split"] = speaker_split(samples["speaker"])
-
-    query = votes_df.iloc[:, 0].astype(int) // 100000
-    counts_by_rater = {}
-    id_pos = {cid: i for i, cid in enumerate(ids)}
-    for qt, rater in QUERY_TYPES.items():
-        sub = votes_df[query == qt]
-        counts = np.zeros((len(ids), len(CLASS_CODES)), dtype=np.int32)
-        pos = sub["fileName"].astype(str).map(id_pos)
-        keep = pos.notna().to_numpy()
-        counts[pos[keep].astype(int).to_numpy()] = sub.loc[keep, list(CLASS_CODES)].to_numpy()
-        counts_by_rater[rater] = counts
-
+    columns = ["id", "speaker", "duration", "audio_path", "video_path", "sentence", "sentence_text", "level"]
+    columns += [c for c in ("age", "sex", "race", "ethnicity") if c in samples]
+    trials = speaker_trials(samples["speaker"].tolist(), k=5, seed=0)
     return CorpusMetadata(
         name="cremad",
-        samples=samples[
-            [
-                "id",
-                "speaker",
-                "duration",
-                "audio_path",
-                "video_path",
-                "sentence",
-                "sentence_text",
-                "level",
-                "age",
-                "sex",
-                "race",
-                "ethnicity",
-                "split",
-            ]
-        ],
+        samples=samples[columns],
         class_names=CLASS_NAMES,
-        votes=counts_by_rater,
-        intended=samples["intended"].to_numpy(dtype=np.int16),
+        votes=votes,
+        rater_intensity=intensity,
+        categorical={"intended": samples["intended"].to_numpy(dtype=np.int16)},
         intended_level=samples["level"].to_numpy(dtype=object),
-        protocols={
-            "split": f"speaker-disjoint train/dev/test, {SPLIT_FRACTIONS} of actors, seed {SPLIT_SEED}"
-        },
+        protocols={trials.name: trials},
+        default_protocol=trials.name,
         attrs={"source": "CREMA-D (CheyneyComputerScience/CREMA-D)", "licence": "ODbL 1.0 / DbCL 1.0"},
     )

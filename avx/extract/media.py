@@ -102,8 +102,14 @@ class FrameSampling:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-def read_frames(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded RGB frames ``[T, H, W, 3]`` uint8 and their timestamps in seconds."""
+def read_frames(
+    path: str | Path, sampling: FrameSampling, *, segment: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded RGB frames ``[T, H, W, 3]`` uint8 and their timestamps in seconds.
+
+    ``segment=(start, end)`` keeps only frames in ``[start, end)`` of a longer video
+    (seeking to the keyframe before ``start``); timestamps then count from ``start``.
+    """
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: file not found")
@@ -113,8 +119,14 @@ def read_frames(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, 
             if not c.streams.video:
                 raise MediaError(f"{path}: no video track")
             stream = c.streams.video[0]
+            if segment is not None and segment[0] > 0 and stream.time_base:
+                c.seek(int(segment[0] / stream.time_base), stream=stream, backward=True)
             for i, frame in enumerate(c.decode(stream)):
                 t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 30)
+                if segment is not None and t < segment[0]:
+                    continue
+                if segment is not None and t >= segment[1]:
+                    break
                 frames.append(frame.to_ndarray(format="rgb24"))
                 times.append(t)
     except MediaError:
@@ -122,8 +134,10 @@ def read_frames(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, 
     except Exception as e:
         raise MediaError(f"{path}: corrupt video ({type(e).__name__}: {e})") from None
     if not frames:
+        if segment is not None:
+            raise MediaError(f"{path}: no frames in segment {segment[0]:.2f}-{segment[1]:.2f} s")
         raise MediaError(f"{path}: corrupt video (no decodable frames)")
     t = np.asarray(times, dtype=np.float64)
-    t -= t[0]
+    t -= segment[0] if segment is not None else t[0]
     keep = sampling.select(t)
     return np.stack([frames[i] for i in keep]), t[keep]

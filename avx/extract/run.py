@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -130,6 +131,7 @@ def extract(
         for n in dict.fromkeys(options.backbones)
     ]
     path = ensure_store(corpus, root, store)
+    root = root if root.is_dir() else root.parent  # a manifest file: media sit beside it
     audio = [b for b in backbones if isinstance(b, AudioBackbone)]
     visual = [b for b in backbones if isinstance(b, VisualBackbone)]
     specs: dict[str, StreamSpec] = {}
@@ -202,6 +204,14 @@ def _media(root: Path, rel: str, sample_id: str, what: str) -> Path:
     return root / rel
 
 
+def _segment(sample: pd.Series) -> tuple[float, float] | None:
+    """The clip's ``video_start``/``video_end`` inside a longer video (IEMOCAP), if any."""
+    a, b = sample.get("video_start"), sample.get("video_end")
+    if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)):
+        return None
+    return float(a), float(b)
+
+
 def _warn(console: Console, stream: str, sample_id: str, err: Exception) -> None:
     console.print(f"[yellow]failed[/] {stream} {sample_id}: {err}", highlight=False, soft_wrap=True)
 
@@ -242,7 +252,7 @@ def _visual_row(row, sample, root, visual, face_pipe, faces_in_store, writers, o
             crops = faces_in_store[sample["id"]]
         else:
             src = _media(root, sample["video_path"], sample["id"], "video")
-            frames, ts = read_frames(src, options.faces.sampling)
+            frames, ts = read_frames(src, options.faces.sampling, segment=_segment(sample))
             crops, fields = face_pipe(frames, source=str(src))
             fw.add(row, crops, ts, **fields)
             if not pending:

@@ -20,7 +20,7 @@ from avx.errors import AvxError, UnknownNameError
 from avx.store_schema import FeatureStore
 from avx.store_schema.spec import RATER_MODALITIES
 
-LABEL_SOURCES = (*RATER_MODALITIES, "intended")
+LABEL_SOURCES = (*RATER_MODALITIES, "intended", "consensus")
 TASKS = ("multiclass",)
 SPLITS = ("train", "dev", "test")
 
@@ -32,16 +32,19 @@ class DataConfig:
     Attributes:
         streams: store streams to feed the method (``audio/mfcc``, ``video/mobilenetv2``).
         labels: ``voice``/``face``/``av`` (plurality of that rater modality; clips with a
-            tied plurality are left out of multiclass tasks) or ``intended``.
+            tied plurality are left out of multiclass tasks) or a categorical label of
+            the store (``intended``, ``consensus``).
         task: ``multiclass``.
-        split: the samples column holding train/dev/test.
+        protocol: evaluation protocol stored in the store (None = the store's default).
+        fold: which fold of the protocol.
         max_frames: truncate longer sequences to this many frames (None = keep all).
     """
 
     streams: tuple[str, ...]
     labels: str = "av"
     task: str = "multiclass"
-    split: str = "split"
+    protocol: str | None = None
+    fold: int = 0
     max_frames: int | None = None
 
 
@@ -86,14 +89,13 @@ class FusionData:
                 raise UnknownNameError("stream", s, store.streams)
         self.class_names = store.class_names
         samples = store.samples
-        if config.split not in samples.columns:
-            raise AvxError(f"{store.url}: no split column '{config.split}'")
+        split = store.split(config.protocol, config.fold)
         targets = self._targets()
         self.n_unlabelled = int((targets < 0).sum())
-        keep = targets >= 0
+        keep = (targets >= 0) & (split != "")
         self.ids = samples["id"].to_numpy(dtype=object)[keep].astype(str)
         self.targets = targets[keep]
-        self.split = samples[config.split].to_numpy(dtype=object)[keep].astype(str)
+        self.split = split[keep].astype(str)
         self.features: dict[str, list[np.ndarray | None]] = {}
         self.dims: dict[str, int] = {}
         for name in config.streams:
@@ -120,12 +122,12 @@ class FusionData:
 
     def _targets(self) -> np.ndarray:
         src = self.config.labels
-        if src == "intended":
-            if self.store.intended is None:
-                raise AvxError(f"{self.store.url}: no intended labels in this store")
-            return self.store.intended
+        if src in self.store.categorical_names:
+            return self.store.categorical(src)
         if src not in self.store.labels:
-            raise UnknownNameError("label source", src, [*sorted(self.store.labels), "intended"])
+            raise UnknownNameError(
+                "label source", src, [*sorted(self.store.labels), *self.store.categorical_names]
+            )
         return self.store.labels[src].hard_labels()
 
     def _subset(self, keep: np.ndarray) -> None:

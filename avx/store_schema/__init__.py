@@ -1,4 +1,4 @@
-"""The avx feature store: schema v1 (``docs/store.md``), reading, writing, validation."""
+"""The avx feature store: schema v2 (``docs/store.md``), reading, writing, validation."""
 
 from avx.store_schema.labels import RaterLabels, derive_rater_labels
 from avx.store_schema.reader import FeatureStore, Stream, list_streams, open_store

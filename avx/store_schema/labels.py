@@ -25,6 +25,8 @@ class RaterLabels:
     distribution: np.ndarray
     multihot: np.ndarray
     plurality: np.ndarray
+    intensity: np.ndarray | None = None
+    """Mean rated intensity per clip (CREMA-D ``meanEmoResp``), when the corpus has it."""
 
     @property
     def unique_plurality(self) -> np.ndarray:
@@ -56,3 +58,32 @@ def derive_rater_labels(counts: np.ndarray) -> RaterLabels:
         multihot=multihot,
         plurality=plurality,
     )
+
+
+def label_statistics(labels: RaterLabels, class_names: list[str]) -> dict[str, object]:
+    """What ``avx store info`` reports per rater modality.
+
+    - ``rated``: clips with at least one vote;
+    - ``plurality_counts``: clips per class among those with a unique plurality;
+    - ``ties``: rated clips whose plurality is tied;
+    - ``multilabel_rate``: fraction of rated clips with more than one class above 1/C;
+    - ``multihot_counts``: clips per class in the multi-hot labels;
+    - ``agreement``: mean fraction of a clip's votes that went to its plurality class
+      (CREMA-D's ``agreement`` column), and ``mean_votes`` per rated clip.
+    """
+    total = labels.counts.sum(axis=1)
+    rated = total > 0
+    hard = labels.hard_labels()
+    n_rated = int(rated.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agreement = labels.counts.max(axis=1)[rated] / total[rated]
+    return {
+        "rated": n_rated,
+        "plurality_counts": {c: int((hard == i).sum()) for i, c in enumerate(class_names)},
+        "ties": int((rated & (hard < 0)).sum()),
+        "multilabel_rate": float((labels.multihot[rated].sum(axis=1) > 1).mean()) if n_rated else 0.0,
+        "multilabel_clips": int((labels.multihot[rated].sum(axis=1) > 1).sum()),
+        "multihot_counts": {c: int(labels.multihot[:, i].sum()) for i, c in enumerate(class_names)},
+        "agreement": float(agreement.mean()) if n_rated else float("nan"),
+        "mean_votes": float(total[rated].mean()) if n_rated else 0.0,
+    }

@@ -8,6 +8,7 @@ committed, and the index is replaced atomically.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
@@ -17,9 +18,11 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from avx.corpora.base import ContinuousLabels, Dimensions
+from avx.corpora.protocols import Protocol
 from avx.errors import StoreError
 from avx.store_schema import spec as S
-from avx.store_schema.labels import RaterLabels
+from avx.store_schema.labels import RaterLabels, label_statistics
 from avx.store_schema.writer import StreamSpec
 from avx.store_schema.zarrio import open_root, read_table
 
@@ -191,14 +194,132 @@ class FeatureStore:
         labels = self.root[S.LABELS]
         for rater in labels.attrs.get("raters", []):
             g = labels[rater]
-            out[rater] = RaterLabels(**{n: np.asarray(g[n][...]) for n in S.RATER_ARRAYS})
+            arrays = {n: np.asarray(g[n][...]) for n in S.RATER_ARRAYS}
+            intensity = np.asarray(g["intensity"][...]) if "intensity" in g else None
+            out[rater] = RaterLabels(**arrays, intensity=intensity)
         return out
+
+    @property
+    def categorical_names(self) -> list[str]:
+        """Named single labels in this store (``intended``, ``consensus``, ...)."""
+        return list(self.root[S.LABELS].attrs.get("categorical", []))
+
+    def categorical(self, name: str) -> np.ndarray:
+        """Class index per clip of categorical label ``name`` (-1 = none)."""
+        if name not in self.categorical_names:
+            from avx.errors import UnknownNameError
+
+            raise UnknownNameError("categorical label", name, self.categorical_names)
+        return np.asarray(self.root[f"{S.LABELS}/{name}/label"][...]).astype(np.int64)
 
     @cached_property
     def intended(self) -> np.ndarray | None:
         """Intended class index per clip from the corpus design (-1 unknown)."""
-        path = f"{S.LABELS}/{S.INTENDED}/label"
-        return np.asarray(self.root[path][...]).astype(np.int64) if path in self.root else None
+        return self.categorical(S.INTENDED) if S.INTENDED in self.categorical_names else None
+
+    @cached_property
+    def multilabel(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(intensity, presence)`` per class, ``[n_samples, n_classes]`` each, or None."""
+        path = f"{S.LABELS}/{S.MULTILABEL}"
+        if path not in self.root:
+            return None
+        g = self.root[path]
+        return np.asarray(g["intensity"][...]), np.asarray(g["presence"][...])
+
+    @cached_property
+    def dimensions(self) -> Dimensions | None:
+        """Utterance-level dimensional labels on the corpus's scale (``.scaled()`` -> [-1, 1])."""
+        path = f"{S.LABELS}/{S.DIMENSIONS}"
+        if path not in self.root:
+            return None
+        g = self.root[path]
+        return Dimensions(list(g.attrs["names"]), np.asarray(g["raw"][...]), g.attrs["low"], g.attrs["high"])
+
+    @cached_property
+    def continuous(self) -> ContinuousLabels | None:
+        """Time-continuous labels per sample (AVEC), or None."""
+        path = f"{S.LABELS}/{S.CONTINUOUS}"
+        if path not in self.root:
+            return None
+        g = self.root[path]
+        off = np.asarray(g["offsets"][...])
+        values, times = np.asarray(g["values"][...]), np.asarray(g["times"][...])
+        return ContinuousLabels(
+            names=list(g.attrs["names"]),
+            rate=float(g.attrs["rate"]),
+            values=[values[a:b] for a, b in itertools.pairwise(off)],
+            times=[times[a:b] for a, b in itertools.pairwise(off)],
+            low=float(g.attrs["low"]),
+            high=float(g.attrs["high"]),
+        )
+
+    # -- protocols ------------------------------------------------------------------
+    @property
+    def protocols(self) -> list[str]:
+        return sorted(self.root[S.PROTOCOLS].group_keys()) if S.PROTOCOLS in self.root else []
+
+    @property
+    def default_protocol(self) -> str | None:
+        return self.root[S.PROTOCOLS].attrs.get("default") if S.PROTOCOLS in self.root else None
+
+    def protocol(self, name: str | None = None) -> Protocol:
+        """Protocol ``name`` (the store's default when None) with its fold assignment."""
+        name = name or self.default_protocol
+        if name not in self.protocols:
+            from avx.errors import UnknownNameError
+
+            raise UnknownNameError("protocol", str(name), self.protocols)
+        g = self.root[f"{S.PROTOCOLS}/{name}"]
+        return Protocol(name, g.attrs["description"], np.asarray(g["assign"][...]), dict(g.attrs["params"]))
+
+    def split(self, protocol: str | None = None, fold: int = 0) -> np.ndarray:
+        """``train``/``dev``/``test``/"" per sample for one fold of a protocol."""
+        return self.protocol(protocol).fold(fold)
+
+    def label_stats(self) -> dict[str, Any]:
+        """Label statistics per rater modality and per other label kind (see ``avx store info``)."""
+        out: dict[str, Any] = {r: label_statistics(lab, self.class_names) for r, lab in self.labels.items()}
+        for name in self.categorical_names:
+            y = self.categorical(name)
+            out[name] = {
+                "labelled": int((y >= 0).sum()),
+                "counts": {c: int((y == i).sum()) for i, c in enumerate(self.class_names)},
+            }
+        if self.multilabel is not None:
+            _, presence = self.multilabel
+            out[S.MULTILABEL] = {
+                "counts": {c: int(presence[:, i].sum()) for i, c in enumerate(self.class_names)},
+                "multilabel_rate": float((presence.sum(axis=1) > 1).mean()) if len(presence) else 0.0,
+                "no_label_rate": float((presence.sum(axis=1) == 0).mean()) if len(presence) else 0.0,
+            }
+        if (dims := self.dimensions) is not None:
+            out[S.DIMENSIONS] = {
+                n: {"mean": float(np.nanmean(dims.values[:, i])), "std": float(np.nanstd(dims.values[:, i]))}
+                for i, n in enumerate(dims.names)
+            } | {"scale": [dims.low, dims.high]}
+        if (cont := self.continuous) is not None:
+            out[S.CONTINUOUS] = {
+                "names": cont.names,
+                "rate": cont.rate,
+                "frames": int(sum(len(v) for v in cont.values)),
+            }
+        return out
+
+    def protocol_summary(self) -> dict[str, Any]:
+        """Per protocol: description, folds, and fold 0's clips and speakers per split."""
+        speakers = self.samples["speaker"].astype(str).to_numpy()
+        out = {}
+        for name in self.protocols:
+            p = self.protocol(name)
+            fold0 = p.fold(0)
+            out[name] = {
+                "description": p.description,
+                "n_folds": p.n_folds,
+                "default": name == self.default_protocol,
+                "fold0_clips": {s: int((fold0 == s).sum()) for s in ("train", "dev", "test")},
+                "fold0_speakers": {s: len(set(speakers[fold0 == s])) for s in ("train", "dev", "test")},
+            }
+        return out
 
     @property
     def streams(self) -> list[str]:
@@ -235,11 +356,12 @@ class FeatureStore:
             "n_speakers": int(samples["speaker"].nunique()),
             "class_names": self.class_names,
             "raters": sorted(self.labels),
-            "protocols": self.root.attrs.get("protocols", {}),
-            "splits": {
-                col: samples[col].value_counts().sort_index().to_dict()
-                for col in self.root.attrs.get("protocols", {})
-                if col in samples
+            "categorical": self.categorical_names,
+            "label_stats": self.label_stats(),
+            "protocols": self.protocol_summary(),
+            "media": {
+                "audio": int((samples["audio_path"].astype(str) != "").sum()),
+                "video": int((samples["video_path"].astype(str) != "").sum()),
             },
             "sample_columns": list(samples.columns),
             "created": self.root.attrs.get("created"),

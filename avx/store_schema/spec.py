@@ -1,4 +1,4 @@
-"""Store schema v1: names, codes and layout constants (specified in ``docs/store.md``).
+"""Store schema v2: names, codes and layout constants (specified in ``docs/store.md``).
 
 Everything that decides where a thing lives in a store is defined here once; the
 writer, the reader and the validator import these names rather than spelling paths.
@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-SCHEMA_VERSION = 1
-"""Bumped on any change a v1 reader could misread; readers refuse other versions."""
+SCHEMA_VERSION = 2
+"""Bumped on any change an older reader could misread; readers refuse other versions.
+
+v2 (issue 3): evaluation protocols moved from a ``split`` sample column to the
+``protocols`` group; label kinds beyond votes (categorical, multilabel, dimensions,
+continuous) were added."""
 
 SCHEMA_ATTR = "avx_schema"
 STREAM_ATTR = "avx_stream"
@@ -18,6 +22,7 @@ STREAM_ATTR = "avx_stream"
 SAMPLES = "samples"
 LABELS = "labels"
 STREAMS = "streams"
+PROTOCOLS = "protocols"
 PARTS = "parts"
 INDEX = "index"
 DATA = "data"
@@ -30,6 +35,13 @@ RATER_MODALITIES = ("voice", "face", "av")
 
 RATER_ARRAYS = ("counts", "distribution", "multihot", "plurality")
 INTENDED = "intended"
+CONSENSUS = "consensus"
+MULTILABEL = "multilabel"
+DIMENSIONS = "dimensions"
+CONTINUOUS = "continuous"
+RESERVED_LABEL_GROUPS = (MULTILABEL, DIMENSIONS, CONTINUOUS)
+"""Label groups with their own layout; any other group under ``labels/`` that is not a
+rater modality is a named categorical label (``<name>/label``)."""
 STREAM_MODALITIES = ("audio", "video", "text")
 """Top-level stream groups; ``faces`` sits directly under ``streams/``."""
 

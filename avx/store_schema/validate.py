@@ -135,8 +135,35 @@ def _validate_stream(root: zarr.Group, name: str, n: int, report: ValidationRepo
     report.checked["streams"] = report.checked.get("streams", 0) + 1
 
 
+def _validate_protocols(root: zarr.Group, n: int, samples: zarr.Group, report: ValidationReport) -> None:
+    """Shapes, codes, and the promise every protocol makes: no speaker crosses splits."""
+    if S.PROTOCOLS not in root:
+        report.errors.append("no protocols group")
+        return
+    group = root[S.PROTOCOLS]
+    names = sorted(group.group_keys())
+    default = group.attrs.get("default")
+    if names and default not in names:
+        report.errors.append(f"protocols: default '{default}' is not one of {names}")
+    speakers = np.asarray(samples["speaker"][...]).astype(object)
+    for name in names:
+        assign = np.asarray(group[name]["assign"][...])
+        if assign.ndim != 2 or assign.shape[0] != n:
+            report.errors.append(f"protocol {name}: assign shape {assign.shape}, expected ({n}, folds)")
+            continue
+        if not np.isin(assign, [-1, 0, 1, 2]).all():
+            report.errors.append(f"protocol {name}: unknown split codes")
+            continue
+        for k in range(assign.shape[1]):
+            held = [set(speakers[assign[:, k] == c]) for c in (0, 1, 2)]
+            if (held[0] & held[1]) or (held[0] & held[2]) or (held[1] & held[2]):
+                report.errors.append(f"protocol {name} fold {k}: a speaker appears in two splits")
+                break
+        report.checked["protocols"] = report.checked.get("protocols", 0) + 1
+
+
 def validate_store(url: str | os.PathLike[str], *, deep: bool = False) -> ValidationReport:
-    """Check a store against schema v1; never raises for a bad store, reports instead."""
+    """Check a store against the store schema; never raises for a bad store, reports instead."""
     report = ValidationReport(str(url))
     try:
         root = open_root(url)
@@ -179,6 +206,7 @@ def validate_store(url: str | os.PathLike[str], *, deep: bool = False) -> Valida
                 if not np.array_equal(got, getattr(derived, arr), equal_nan=arr == "distribution"):
                     report.errors.append(f"labels/{rater}/{arr}: does not match the vote counts")
         report.checked["samples"] = n
+        _validate_protocols(root, n, samples, report)
     except KeyError as e:
         report.errors.append(f"missing required entry {e}")
         return report

@@ -61,16 +61,26 @@ def run_info() -> dict[str, Any]:
     }
 
 
-def create_store(path: str | Path, meta: CorpusMetadata, *, overwrite: bool = False) -> Path:
-    """Create a store at ``path`` from corpus metadata alone (no media decoding).
+def create_store(
+    path: str | Path,
+    meta: CorpusMetadata,
+    *,
+    overwrite: bool = False,
+    default_protocol: str | None = None,
+    console: Any = None,
+) -> Path:
+    """Create a store at ``path`` from corpus metadata (no media decoding).
 
-    The store is assembled in a temporary directory beside ``path`` and renamed into
-    place, so an interrupted ``store init`` leaves nothing behind. An existing store is
-    kept unless ``overwrite``.
+    The store is assembled in a temporary directory beside ``path`` (including any
+    corpus-provided feature streams) and renamed into place, so an interrupted
+    ``store init`` leaves nothing behind. An existing store is kept unless ``overwrite``.
     """
     path = local_path(path)
     if path.exists() and not overwrite:
         raise StoreError(f"{path}: already exists (pass --overwrite to replace it)")
+    default = default_protocol or meta.default_protocol
+    if meta.protocols and default not in meta.protocols:
+        raise StoreError(f"protocol '{default}' is not one of {sorted(meta.protocols)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -80,29 +90,19 @@ def create_store(path: str | Path, meta: CorpusMetadata, *, overwrite: bool = Fa
                 S.SCHEMA_ATTR: S.SCHEMA_VERSION,
                 "corpus": meta.name,
                 "class_names": list(meta.class_names),
-                "protocols": dict(meta.protocols),
                 "corpus_attrs": meta.attrs,
                 "n_samples": len(meta.samples),
                 **{k: v for k, v in run_info().items() if k in ("avx_version", "created", "host")},
             }
         )
         write_table(root.create_group(S.SAMPLES), meta.samples.reset_index(drop=True))
-        labels = root.create_group(S.LABELS)
-        labels.attrs["class_names"] = list(meta.class_names)
-        labels.attrs["raters"] = sorted(meta.votes)
-        for rater, counts in meta.votes.items():
-            g = labels.create_group(rater)
-            derived = derive_rater_labels(counts)
-            for name in S.RATER_ARRAYS:
-                write_array(g, name, getattr(derived, name))
-        if meta.intended is not None:
-            g = labels.create_group(S.INTENDED)
-            write_array(g, "label", np.asarray(meta.intended, dtype=np.int16))
-            if meta.intended_level is not None:
-                write_array(g, "level", np.asarray(meta.intended_level, dtype=object))
+        _write_labels(root.create_group(S.LABELS), meta)
+        _write_protocols(root.create_group(S.PROTOCOLS), meta, default)
         streams = root.create_group(S.STREAMS)
         for modality in S.STREAM_MODALITIES:
             streams.create_group(modality)
+        for imported in meta.features:
+            _import_stream(root, imported, console)
         zarr.consolidate_metadata(zarr.storage.LocalStore(tmp))
         if overwrite and path.exists():
             shutil.rmtree(path)
@@ -111,6 +111,92 @@ def create_store(path: str | Path, meta: CorpusMetadata, *, overwrite: bool = Fa
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _write_labels(labels: zarr.Group, meta: CorpusMetadata) -> None:
+    clash = set(meta.categorical) & (set(S.RATER_MODALITIES) | set(S.RESERVED_LABEL_GROUPS))
+    if clash:
+        raise ValueError(f"categorical label name(s) {sorted(clash)} clash with reserved label groups")
+    labels.attrs.update(
+        {
+            "class_names": list(meta.class_names),
+            "raters": sorted(meta.votes),
+            "categorical": sorted(meta.categorical),
+        }
+    )
+    for rater, counts in meta.votes.items():
+        g = labels.create_group(rater)
+        derived = derive_rater_labels(counts)
+        for name in S.RATER_ARRAYS:
+            write_array(g, name, getattr(derived, name))
+        if rater in meta.rater_intensity:
+            write_array(g, "intensity", np.asarray(meta.rater_intensity[rater], dtype=np.float32))
+    for name, values in meta.categorical.items():
+        g = labels.create_group(name)
+        write_array(g, "label", np.asarray(values, dtype=np.int16))
+        if name == S.INTENDED and meta.intended_level is not None:
+            write_array(g, "level", np.asarray(meta.intended_level, dtype=object))
+    if meta.multilabel is not None:
+        g = labels.create_group(S.MULTILABEL)
+        intensity = np.asarray(meta.multilabel, dtype=np.float32)
+        write_array(g, "intensity", intensity)
+        write_array(g, "presence", (intensity > 0).astype(np.uint8))
+    if (dims := meta.dimensions) is not None:
+        g = labels.create_group(S.DIMENSIONS)
+        g.attrs.update({"names": list(dims.names), "low": dims.low, "high": dims.high})
+        write_array(g, "raw", np.asarray(dims.values, dtype=np.float32))
+        write_array(g, "scaled", dims.scaled())
+    if (cont := meta.continuous) is not None:
+        g = labels.create_group(S.CONTINUOUS)
+        g.attrs.update({"names": list(cont.names), "rate": cont.rate, "low": cont.low, "high": cont.high})
+        lengths = np.array([len(v) for v in cont.values], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        empty = np.zeros((0, len(cont.names)), np.float32)
+        values = (
+            np.concatenate([np.asarray(v, np.float32) for v in cont.values]) if len(cont.values) else empty
+        )
+        write_array(g, "values", values, chunk_rows=1 << 18)
+        times = (
+            np.concatenate([np.asarray(t, np.float64) for t in cont.times])
+            if len(cont.times)
+            else np.zeros(0)
+        )
+        write_array(g, "times", times, chunk_rows=1 << 18)
+        write_array(g, "offsets", offsets)
+
+
+def _write_protocols(group: zarr.Group, meta: CorpusMetadata, default: str | None) -> None:
+    group.attrs["default"] = default
+    speakers = meta.samples["speaker"].astype(str).tolist()
+    for name, p in meta.protocols.items():
+        p.check_speaker_disjoint(speakers)
+        g = group.create_group(name)
+        g.attrs.update(
+            {
+                "description": p.description,
+                "params": p.params,
+                "n_folds": p.n_folds,
+                "speakers": p.speakers(speakers),
+            }
+        )
+        write_array(g, "assign", np.asarray(p.assign, dtype=np.int8))
+
+
+def _import_stream(root: zarr.Group, imported: Any, console: Any) -> None:
+    """Write one corpus-provided feature stream (provenance ``source: corpus-provided``)."""
+    spec = StreamSpec(
+        name=imported.name,
+        frame_shape=tuple(imported.frame_shape),
+        dtype=imported.dtype,
+        frame_rate=imported.frame_rate,
+        provenance={"backbone": "corpus-provided", "source": "corpus-provided", **imported.provenance},
+    )
+    writer = StreamWriter(root, spec, part_size=2048)
+    for row, data, timestamps in imported.frames():
+        writer.add(row, data, timestamps)
+    writer.close()
+    if console is not None:
+        console.print(f"imported {spec.name}: {writer.committed_now} samples", highlight=False)
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,15 @@ BackboneFactory = Callable[..., Backbone]
 BACKBONES: Registry[BackboneFactory] = Registry("backbone", "avx.extract.backbones")
 
 
+def _presets(arch: str) -> dict[str, object]:
+    """A factory's preset tags (``""`` is the plain architecture); one place reads them."""
+    return getattr(BACKBONES.get(arch), "presets", {"": None})
+
+
 def create_backbone(name: str, *, weights: str | None = None, device: str = "cpu") -> Backbone:
     """Build backbone ``name`` (``arch`` or ``arch.tag``) with ``weights`` on ``device``."""
     arch, _, tag = name.partition(".")
-    if arch not in BACKBONES or tag not in getattr(BACKBONES.get(arch), "presets", {"": None}):
+    if arch not in BACKBONES or tag not in _presets(arch):
         raise UnknownNameError("backbone", name, list_backbones())
     return BACKBONES.get(arch)(tag=tag, weights=weights, device=device)
 
@@ -28,8 +33,7 @@ def list_backbones() -> list[str]:
     """Every backbone name, presets included."""
     names = []
     for arch in BACKBONES.names():
-        presets = getattr(BACKBONES.get(arch), "presets", {"": None})
-        names += [f"{arch}.{t}" if t else arch for t in presets]
+        names += [f"{arch}.{t}" if t else arch for t in _presets(arch)]
     return names
 
 
