@@ -150,7 +150,8 @@ def test_bad_media_becomes_a_recorded_failure(demo_corpus: Path, tmp_path: Path)
         (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'; valid: mfcc, mfcc.sfav, mobilenetv2"),
         (
             ["--backbone", "mfcc", "--corpus", "nosuch"],
-            "unknown corpus 'nosuch'; valid: avec2019-ces, cmu-mosei, cremad, iemocap, m3ed, manifest",
+            "unknown corpus 'nosuch'; valid: avec2019-ces, cmu-mosei, cremad, iemocap, m3ed, manifest,"
+            " msp-improv, ravdess",
         ),
         (["--backbone", "mobilenetv2", "--weights", "/nope/w.pt"], "/nope/w.pt: weights file not found"),
     ],
