@@ -12,7 +12,7 @@ import pytest
 
 from avx.corpora import CorpusMetadata
 from avx.corpora.protocols import official
-from avx.errors import StoreError
+from avx.errors import AvxError, StoreError
 from avx.store_schema import (
     SCHEMA_VERSION,
     Status,
@@ -193,6 +193,20 @@ def test_validate_labels_must_match_votes(store: Path) -> None:
     mh[0] = 1 - mh[0]
     root["labels/av/multihot"][...] = mh
     _corrupt_and_check(store, False, "labels/av/multihot")
+
+
+def test_validate_protocol_must_be_speaker_disjoint(store: Path, tmp_path: Path) -> None:
+    assert validate_store(store).ok
+    root = open_root(store, writable=True)
+    assign = root["protocols/official/assign"][...]
+    assign[3, 0] = 2  # sample s3 (speaker p0, in train) moved to test
+    root["protocols/official/assign"][...] = assign
+    _corrupt_and_check(store, False, "protocol 'official' fold 0: speaker p0 is in both train and test")
+    bad = _meta()
+    bad.protocols["official"].assign[3, 0] = 2
+    with pytest.raises(AvxError, match="speaker p0 is in both train and test"):
+        create_store(tmp_path / "x.zarr", bad)
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_create_store_is_all_or_nothing(tmp_path: Path) -> None:

@@ -55,7 +55,13 @@ def read_csv(
     df.columns = [str(c).strip() for c in df.columns]
     if missing := [c for c in columns if c not in df.columns]:
         raise fail(path, f"lacks column(s) {', '.join(missing)} ({what})")
-    for col in numeric:
+    require_numeric(path, df, numeric)
+    return df
+
+
+def require_numeric(path: Path, df: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Convert ``columns`` to numbers in place; an empty or non-numeric cell names its row."""
+    for col in columns:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna().to_numpy()
         if bad.any():
@@ -64,7 +70,6 @@ def read_csv(
             shown = "empty" if pd.isna(value) else f"not a number ({str(value)!r})"
             raise fail(path, f"column {col} is {shown}; truncated file?", i + 1)
         df[col] = values
-    return df
 
 
 def check_unique(path: Path, ids: Iterable[str], what: str = "id") -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avx.corpora._io import check_range, fail, media_index, read_csv, require_dir
+from avx.corpora._io import check_range, fail, media_index, read_csv, require_dir, require_numeric
 from avx.corpora.base import CORPORA, ContinuousLabels, CorpusInfo, CorpusMetadata
 from avx.corpora.protocols import official
 
@@ -45,13 +45,7 @@ def read_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise fail(path, f"no time column (one of {', '.join(TIME_COLUMNS)})")
     if missing := [d for d in DIMENSIONS if d not in cols]:
         raise fail(path, f"lacks column(s) {', '.join(missing)}")
-    numeric = [time_col, *(cols[d] for d in DIMENSIONS)]
-    for col in numeric:
-        values = pd.to_numeric(df[col], errors="coerce")
-        if values.isna().any():
-            i = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise fail(path, f"column {col} is empty or not a number; truncated file?", i + 1)
-        df[col] = values
+    require_numeric(path, df, [time_col, *(cols[d] for d in DIMENSIONS)])
     times = df[time_col].to_numpy(np.float64)
     if len(times) > 1 and (np.diff(times) <= 0).any():
         i = int(np.flatnonzero(np.diff(times) <= 0)[0]) + 2

@@ -32,12 +32,11 @@ from avx.corpora.protocols import Protocol
 from avx.registry import Registry
 
 REQUIRED_COLUMNS = ("id", "speaker", "duration", "audio_path", "video_path")
-"""Every corpus has these sample columns; media paths are "" when a clip lacks them."""
+"""Every corpus has these sample columns; media paths are "" when a clip lacks them.
 
-OPTIONAL_COLUMNS = ("transcript", "video_start", "video_end")
-"""Recognised optional columns: the transcript (text modality), and a segment
-(seconds) inside the video file when a clip is part of a longer recording (IEMOCAP
-utterances inside dialogue videos)."""
+Recognised optional columns: ``transcript`` (text modality), and ``video_start`` /
+``video_end``, a segment (seconds) of a longer video (IEMOCAP utterances inside
+dialogue videos), which extraction seeks to."""
 
 
 @dataclass(frozen=True)

@@ -96,10 +96,10 @@ def _votes_path(root: Path) -> Path:
     return root / VOTES_FILES[0]
 
 
-def _votes(root: Path, ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _votes(
+    path: Path, df: pd.DataFrame, ids: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Vote counts and mean intensity per rater modality from tabulatedVotes.csv."""
-    path = _votes_path(root)
-    df = read_csv(path, "tabulated votes", columns=["fileName", *CLASS_CODES], numeric=CLASS_CODES)
     row_ids = pd.to_numeric(df.iloc[:, 0], errors="coerce")
     if row_ids.isna().any():
         i = int(np.flatnonzero(row_ids.isna().to_numpy())[0])
@@ -139,19 +139,19 @@ def load_cremad(root: Path) -> CorpusMetadata:
     demo_path = root / "VideoDemographics.csv"
     demo = read_csv(demo_path, "actor demographics", columns=["ActorID"], numeric=["ActorID"])
     check_unique(demo_path, demo["ActorID"].astype(int).astype(str), "ActorID")
+    votes_path = _votes_path(root)
+    votes_df = read_csv(
+        votes_path, "tabulated votes", columns=["fileName", *CLASS_CODES], numeric=CLASS_CODES
+    )
     listing = root / "SentenceFilenames.csv"
     if listing.exists():
         ids = read_csv(listing, "clip list", columns=["Filename"])["Filename"].astype(str).tolist()
         source = listing
     else:
-        votes_path = _votes_path(root)
-        ids = sorted(
-            read_csv(votes_path, "tabulated votes", columns=["fileName"])["fileName"].astype(str).unique()
-        )
-        source = votes_path
+        ids, source = sorted(votes_df["fileName"].astype(str).unique()), votes_path
     check_unique(source, ids, "clip")
     parsed = [parse_clip_id(cid, source) for cid in ids]
-    votes, intensity = _votes(root, ids)
+    votes, intensity = _votes(votes_path, votes_df, ids)
 
     audio, video = _list_media(root)
     rows = []

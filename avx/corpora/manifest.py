@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avx.corpora._io import check_unique, fail
+from avx.corpora._io import check_unique, fail, sha256_file
 from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata, Dimensions
 from avx.corpora.protocols import official, speaker_trials
 
@@ -82,15 +82,8 @@ def load_manifest(root: Path) -> CorpusMetadata:
     samples["duration"] = pd.to_numeric(df["duration"], errors="coerce") if "duration" in df else np.nan
     for col in ("audio_path", "video_path"):
         listed = df[col].fillna("").astype(str) if col in df else pd.Series([""] * len(df))
-        resolved = []
-        for rel in listed:
-            p = Path(rel) if Path(rel).is_absolute() else base / rel
-            resolved.append(
-                p.relative_to(base).as_posix()
-                if rel and p.exists() and not Path(rel).is_absolute()
-                else (str(p) if rel and p.exists() else "")
-            )
-        samples[col] = resolved
+        # kept as listed (relative to the manifest, or absolute); "" when the file is absent
+        samples[col] = [Path(rel).as_posix() if rel and (base / rel).exists() else "" for rel in listed]
         samples[f"{col.split('_')[0]}_listed"] = listed.to_numpy() != ""
     if "transcript" in df:
         samples["transcript"] = df["transcript"].fillna("").astype(str)
@@ -163,11 +156,5 @@ def load_manifest(root: Path) -> CorpusMetadata:
         dimensions=dimensions,
         protocols=protocols,
         default_protocol=next(iter(protocols), None),
-        attrs={"source": f"manifest {path.name}", "manifest_sha256": _sha(path)},
+        attrs={"source": f"manifest {path.name}", "manifest_sha256": sha256_file(path)},
     )
-
-
-def _sha(path: Path) -> str:
-    from avx.corpora._io import sha256_file
-
-    return sha256_file(path)

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from avx.errors import AvxError
+from avx.errors import AvxError, UnknownNameError
+
+if TYPE_CHECKING:  # base imports this module
+    from avx.corpora.base import CorpusMetadata
 
 SPLITS = ("train", "dev", "test")
 UNUSED = -1
@@ -205,15 +208,13 @@ def parse_protocol_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), params
 
 
-def apply_protocol(meta: Any, spec: str) -> str:
+def apply_protocol(meta: CorpusMetadata, spec: str) -> str:
     """Make ``spec`` the protocol a store defaults to; returns its name.
 
     Corpus-provided protocols are used as they are. ``speaker-trials`` works for every
     corpus and takes options (``speaker-trials:k=10,seed=1``); the trials built with
     them replace the corpus's default trials, and the options are recorded.
     """
-    from avx.errors import UnknownNameError
-
     name, params = parse_protocol_spec(spec)
     if name == "speaker-trials" and (params or name not in meta.protocols):
         unknown = set(params) - {"k", "seed"}

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from avx.corpora.protocols import SPLITS
 from avx.errors import AvxError, UnknownNameError
 from avx.store_schema import FeatureStore
-from avx.store_schema.spec import RATER_MODALITIES
 
-LABEL_SOURCES = (*RATER_MODALITIES, "intended", "consensus")
 TASKS = ("multiclass",)
-SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)

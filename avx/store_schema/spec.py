@@ -35,7 +35,6 @@ RATER_MODALITIES = ("voice", "face", "av")
 
 RATER_ARRAYS = ("counts", "distribution", "multihot", "plurality")
 INTENDED = "intended"
-CONSENSUS = "consensus"
 MULTILABEL = "multilabel"
 DIMENSIONS = "dimensions"
 CONTINUOUS = "continuous"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from avx.corpora.protocols import Protocol
 from avx.errors import AvxError
 from avx.store_schema import spec as S
 from avx.store_schema.labels import derive_rater_labels
@@ -154,11 +155,10 @@ def _validate_protocols(root: zarr.Group, n: int, samples: zarr.Group, report: V
         if not np.isin(assign, [-1, 0, 1, 2]).all():
             report.errors.append(f"protocol {name}: unknown split codes")
             continue
-        for k in range(assign.shape[1]):
-            held = [set(speakers[assign[:, k] == c]) for c in (0, 1, 2)]
-            if (held[0] & held[1]) or (held[0] & held[2]) or (held[1] & held[2]):
-                report.errors.append(f"protocol {name} fold {k}: a speaker appears in two splits")
-                break
+        try:
+            Protocol(name, "", assign).check_speaker_disjoint(speakers)
+        except AvxError as e:
+            report.errors.append(str(e))
         report.checked["protocols"] = report.checked.get("protocols", 0) + 1
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from avx.corpora.base import CorpusMetadata
+from avx.corpora.base import CorpusMetadata, ImportedStream
 from avx.errors import StoreError
 from avx.store_schema import spec as S
 from avx.store_schema.labels import derive_rater_labels
@@ -182,7 +182,7 @@ def _write_protocols(group: zarr.Group, meta: CorpusMetadata, default: str | Non
         write_array(g, "assign", np.asarray(p.assign, dtype=np.int8))
 
 
-def _import_stream(root: zarr.Group, imported: Any, console: Any) -> None:
+def _import_stream(root: zarr.Group, imported: ImportedStream, console: Any) -> None:
     """Write one corpus-provided feature stream (provenance ``source: corpus-provided``)."""
     spec = StreamSpec(
         name=imported.name,
