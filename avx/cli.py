@@ -145,18 +145,44 @@ def store_consolidate(path: Annotated[Path, typer.Argument(help="Local store pat
 
 @app.command("extract")
 def extract_cmd(
-    corpus: Annotated[str, typer.Option(help="Corpus name (see `avx list corpora`).")],
-    root: Annotated[Path, typer.Option(help="Corpus root, in its official layout.")],
-    store: Annotated[Path, typer.Option(help="Store path; created from the corpus metadata if absent.")],
-    backbone: Annotated[list[str], typer.Option(help="Backbone(s) to run; repeat or comma-separate.")],
+    corpus: Annotated[Optional[str], typer.Option(help="Corpus name (see `avx corpus list`).")] = None,  # noqa: UP045
+    root: Annotated[Optional[Path], typer.Option(help="Corpus root, in its official layout.")] = None,  # noqa: UP045
+    store: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Store path; created from the corpus metadata if absent."),
+    ] = None,
+    backbone: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Backbone(s) to run; repeat or comma-separate (see --list)."),
+    ] = None,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List backbones with output shape, rate and expected weights.")
+    ] = False,
     weights: Annotated[
-        Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+        Optional[list[str]],  # noqa: UP045
         typer.Option(help="SPEC for all backbones or BACKBONE=SPEC: none | file | folder | hub id | named."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    opt: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--opt", help="Backbone setting KEY=VALUE or BACKBONE:KEY=VALUE (layers=0,12,24; hop=0.1; ...)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Frames per forward pass (default auto: 64 CPU; 256 GPU, halved on OOM)."),
+    ] = None,
+    amp: Annotated[bool, typer.Option(help="float16 autocast on CUDA (recorded as precision).")] = True,
     limit: Annotated[Optional[int], typer.Option(help="Process at most N pending samples.")] = None,  # noqa: UP045
     dtype: Annotated[Optional[str], typer.Option(help="float16 or float32 (default: per backbone).")] = None,  # noqa: UP045
-    part_size: Annotated[int, typer.Option(help="Samples per committed part.")] = 64,
+    part_size: Annotated[int, typer.Option(help="Samples per committed part (and per task).")] = 64,
+    decode_workers: Annotated[int, typer.Option(help="Threads decoding and detecting faces ahead.")] = 2,
+    workers: Annotated[int, typer.Option(help="Dask worker processes on this machine (0: none).")] = 0,
+    scheduler: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Address of a running Dask scheduler (tcp://host:8786); store must be shared."),
+    ] = None,
     fps: Annotated[
         float | None, typer.Option(help="Sample video frames at this rate (default: every frame).")
     ] = None,
@@ -164,7 +190,9 @@ def extract_cmd(
         int | None, typer.Option(help="Sample N frames uniformly over the first --seconds.")
     ] = None,
     seconds: Annotated[float, typer.Option(help="Window for --frames.")] = 3.6,
-    crop_size: Annotated[int, typer.Option(help="Face crop side in pixels.")] = 224,
+    crop_size: Annotated[
+        int, typer.Option(help="Face crop side (0: the store's crops, else the backbones' largest input).")
+    ] = 0,
     margin: Annotated[float, typer.Option(help="Margin around the face box (fraction of its side).")] = 0.25,
     align: Annotated[bool, typer.Option(help="Rotate crops so the eye line is horizontal.")] = True,
     min_face_size: Annotated[int, typer.Option(help="MTCNN minimum face size in pixels.")] = 20,
@@ -172,12 +200,29 @@ def extract_cmd(
         str, typer.Option(help="Frames without a face: reuse (last box) or mark (zeros).")
     ] = "reuse",
     retry_failed: Annotated[bool, typer.Option(help="Retry samples recorded as failed.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the requested streams first and extract them again.")
+    ] = False,
 ) -> None:
-    """Add feature streams to a store; re-running the same command resumes."""
+    """Add feature streams to a store; re-running the same command resumes.
+
+    Exit status 0: every sample done; 3: the run finished but some samples failed
+    (each with a recorded one-line reason); 2: a usage or input error stopped it.
+    """
     from avx.extract.faces import FaceConfig
     from avx.extract.media import FrameSampling
-    from avx.extract.run import ExtractOptions, extract
+    from avx.extract.run import PARTIAL_EXIT_CODE, ExtractOptions, extract
 
+    if list_:
+        _print_backbones()
+        return
+    missing = [
+        n
+        for n, v in (("--corpus", corpus), ("--root", root), ("--store", store), ("--backbone", backbone))
+        if not v
+    ]
+    if missing:
+        raise AvxError(f"avx extract needs {', '.join(missing)} (or --list)")
     if missing_face not in ("reuse", "mark"):
         raise AvxError(f"unknown --missing-face '{missing_face}'; valid: reuse, mark")
     if dtype not in (None, "float16", "float32"):
@@ -191,24 +236,57 @@ def extract_cmd(
     options = ExtractOptions(
         backbones=_split_csv(backbone),
         weights=tuple(weights or ()),
+        options=tuple(opt or ()),
         device=device,
+        batch_size=batch_size,
+        amp=amp,
         dtype=dtype,
         part_size=part_size,
         limit=limit,
         retry_failed=retry_failed,
+        overwrite=overwrite,
+        decode_workers=decode_workers,
+        workers=workers,
+        scheduler=scheduler,
         faces=FaceConfig(
             crop_size=crop_size,
             margin=margin,
             align=align,
             min_face_size=min_face_size,
-            missing=missing_face,
-            sampling=sampling,  # type: ignore[arg-type]
+            missing=missing_face,  # type: ignore[arg-type]
+            sampling=sampling,
         ),
     )
-    report = extract(corpus, root, store, options, console=err)
+    report = extract(corpus, root, store, options, console=err)  # type: ignore[arg-type]
     for name, c in report.streams.items():
-        out.print(f"{name}: committed {c['committed_now']}, failed {c['failed_now']}")
-    out.print(f"store {report.store}: {report.processed} sample(s) processed")
+        out.print(
+            f"{name}: committed {c['committed_now']}, failed {c['failed_now']},"
+            f" {c['frames_now']} frames ({report.frames_per_s(name):.1f} frames/s)"
+        )
+    for name in report.skipped_streams:
+        out.print(f"{name}: skipped (no input for it in this corpus)")
+    out.print(
+        f"store {report.store}: {report.processed} sample(s) processed, {report.skipped} already done,"
+        f" {report.failed} failed, {report.wall_s:.1f} s wall"
+    )
+    if report.partial:
+        err.print(f"partial: {report.failed} sample(s) failed; see `avx store info` for reasons")
+        raise typer.Exit(PARTIAL_EXIT_CODE)
+
+
+def _print_backbones() -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from avx.extract.backbones import backbone_info
+
+    table = Table(box=None)
+    table.add_column("name", no_wrap=True)
+    for col in ("modality", "output per frame", "rate", "weights"):
+        table.add_column(col)
+    for i in backbone_info():
+        table.add_row(*(escape(x) for x in (i.name, i.modality, i.shape, i.rate, i.weights)))
+    out.print(table)
 
 
 @fuse_app.command("train")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from avx.extract.backbones import list_backbones
 from tests.conftest import FIXTURES, run_avx
 
 COMMANDS = [
@@ -27,7 +28,19 @@ def test_help_on_every_command(cmd: list[str]) -> None:
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "avx"
     proc = subprocess.run([script, "list", "backbones"], capture_output=True, text=True, check=True)
-    assert proc.stdout.split() == ["mfcc", "mfcc.sfav", "mobilenetv2"]
+    names = proc.stdout.split()
+    assert names == list_backbones()
+    required = ["mfcc", "vggish", "egemaps", "wav2vec2", "wavlm", "hubert", "text", "efficientface"]
+    required += ["efficientnet-b2", "mobilenetv2", "emofan", "faces", "wavlm-large", "wavlm-base-plus"]
+    assert {*required, "wav2vec2-large-robust"} <= set(names)
+
+
+def test_extract_list_shows_shapes_rates_and_weights() -> None:
+    proc = run_avx("extract", "--list")
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "[T, 25, 1024]" in lines["wavlm-large"] and "50 Hz" in lines["wavlm-large"]
+    assert "[T, 1024]" in lines["efficientface"] and "[T, 1408]" in lines["efficientnet-b2"]
+    assert "[T, 128]" in lines["vggish.cold"] and "10 Hz" in lines["vggish.cold"]
 
 
 def test_store_init_from_metadata_only(tmp_path: Path) -> None:

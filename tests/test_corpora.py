@@ -100,7 +100,7 @@ def test_cremad_real_metadata_store_init_cli(cremad_meta_root: Path, tmp_path: P
         "Male",
         "Caucasian",
     )
-    assert first["sentence_text"] == "It's eleven o'clock"
+    assert first["transcript"] == "It's eleven o'clock"
     assert s.class_names[s.intended[0]] == "neutral"
     # VAVL's protocol: 5 seeded partitions of 63/14/14 speakers.
     p = s.protocol()

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from avx.extract.backbones import list_backbones
 from avx.store_schema import Status, open_store, validate_store
 from avx.store_schema.locks import StreamLock
 from tests.conftest import EXTRACT_ARGS, N_CLIPS, popen_avx, run_avx
@@ -131,8 +132,10 @@ def test_bad_media_becomes_a_recorded_failure(demo_corpus: Path, tmp_path: Path)
         "--limit",
         "3",
     ]
-    proc = run_avx(*args)
+    proc = run_avx(*args, check=False)
+    assert proc.returncode == 3, proc.stderr  # finished, partially
     assert "corrupt video" in proc.stderr and "silent audio" in proc.stderr
+    assert "partial: 2 sample(s) failed" in proc.stderr
     s = open_store(store)
     v0, a1 = videos[0].stem, wavs[1].stem
     assert s.stream("video/mobilenetv2").status(v0) == Status.FAILED
@@ -147,7 +150,10 @@ def test_bad_media_becomes_a_recorded_failure(demo_corpus: Path, tmp_path: Path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'; valid: mfcc, mfcc.sfav, mobilenetv2"),
+        (
+            ["--backbone", "resnet9000"],
+            "unknown backbone 'resnet9000'; valid: " + ", ".join(list_backbones()),
+        ),
         (
             ["--backbone", "mfcc", "--corpus", "nosuch"],
             "unknown corpus 'nosuch'; valid: avec2019-ces, cmu-mosei, cremad, iemocap, m3ed, manifest,"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from avx.corpora import CORPORA
 from avx.errors import UnknownNameError
-from avx.extract.backbones import AudioBackbone, create_backbone, list_backbones
+from avx.extract.backbones import AudioBackbone, TextBackbone, VisualBackbone, create_backbone, list_backbones
 from avx.fuse.data import Batch
 from avx.fuse.methods import METHODS, create_method
+from tests.tiny_models import save_speech_model, save_text_model
 
 
 def test_unknown_names_list_valid_ones() -> None:
@@ -29,23 +32,41 @@ def test_dash_and_underscore_are_the_same_name() -> None:
     assert METHODS.get("late_fusion") is METHODS.get("late-fusion")
 
 
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny save_pretrained folders standing in for the hub checkpoints (no network in tests)."""
+    d = tmp_path_factory.mktemp("hf")
+    out = {a: save_speech_model(a, d / a) for a in ("wav2vec2", "wavlm", "hubert")}
+    out["text"] = save_text_model(d / "bert")
+    return out
+
+
 @pytest.mark.filterwarnings("ignore:.*RANDOM-INIT")
 @pytest.mark.parametrize("name", list_backbones())
-def test_every_backbone_produces_its_declared_frames(name: str) -> None:
-    b = create_backbone(name, weights="none")
+def test_every_backbone_produces_its_declared_frames(name: str, hf_folders: dict[str, Path]) -> None:
+    arch = next((a for a in hf_folders if name.split(".")[0].startswith(a)), None)
+    b = create_backbone(name, weights=str(hf_folders[arch]) if arch else "none")
     prov = b.provenance()
-    assert prov["backbone"] == name and "weights_sha256" in prov
+    assert prov["backbone"] == name and ("weights_sha256" in prov or name == "faces")
     rng = np.random.default_rng(0)
     if isinstance(b, AudioBackbone):
-        wav = rng.standard_normal(b.sample_rate).astype(np.float32)
+        wav = rng.standard_normal(b.sample_rate * 2).astype(np.float32)
         feats, ts = b(wav)
         assert feats.shape[1:] == b.frame_shape and ts.shape == (len(feats),)
         assert np.all(np.diff(ts) > 0)
-        assert abs(len(feats) - b.frame_rate) <= 2  # one second of audio
-    else:
+        if b.frame_rate is not None:
+            # two seconds of audio, less the span of one analysis window
+            assert 2 * b.frame_rate - 10 <= len(feats) <= 2 * b.frame_rate + 3
+    elif isinstance(b, TextBackbone):
+        feats, ts = b("It's eleven o'clock")
+        assert feats.shape[1:] == b.frame_shape and np.isfinite(feats).all()
+    elif isinstance(b, VisualBackbone):
         faces = rng.integers(0, 255, (3, b.crop_size, b.crop_size, 3), dtype=np.uint8)
-        feats = b(faces)
+        feats, fields = b(faces)
         assert feats.shape == (3, *b.frame_shape) and np.isfinite(feats).all()
+        assert set(fields) == set(b.fields)
+    else:
+        assert b.stream_name == "faces"
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -176,7 +176,8 @@ def load_cremad(root: Path) -> CorpusMetadata:
     if missing := sorted(set(samples["speaker"]) - set(demo["speaker"])):
         raise fail(demo_path, f"no demographics for actor {missing[0]}")
     samples = samples.merge(demo, on="speaker", how="left")
-    columns = ["id", "speaker", "duration", "audio_path", "video_path", "sentence", "sentence_text", "level"]
+    samples["transcript"] = samples["sentence_text"]  # the scripted sentence is what is spoken
+    columns = ["id", "speaker", "duration", "audio_path", "video_path", "transcript", "sentence", "level"]
     columns += [c for c in ("age", "sex", "race", "ethnicity") if c in samples]
     trials = speaker_trials(samples["speaker"].tolist(), k=5, seed=0)
     return CorpusMetadata(

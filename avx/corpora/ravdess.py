@@ -114,7 +114,7 @@ def load_ravdess(root: Path) -> CorpusMetadata:
                 "channel": r["channel"],
                 "intensity": r["intensity"],
                 "statement": r["statement"],
-                "statement_text": r["statement_text"],
+                "transcript": r["statement_text"],  # the scripted statement is what is said or sung
                 "repetition": r["repetition"],
                 "sex": r["sex"],
                 "emotion": r["emotion"],

@@ -9,7 +9,8 @@ to ``crop_size`` and zero-pads outside the image: no Python loop over pixels.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -28,7 +29,9 @@ class FaceConfig:
     """Everything that decides what a face crop looks like (all recorded in provenance).
 
     Attributes:
-        crop_size: output side in pixels (224 for most backbones, 256 for EmoFAN).
+        crop_size: output side in pixels; 0 = automatic: an extraction run uses the
+            store's existing crop size, else the largest input of the requested visual
+            backbones (224, or 256 with EmoFAN); a pipeline used on its own, 224.
         margin: fraction of the box's longer side added around it.
         align: rotate so the eye line is horizontal (from MTCNN's landmarks).
         min_face_size, thresholds, factor: MTCNN's detection parameters.
@@ -40,7 +43,7 @@ class FaceConfig:
         sampling: which video frames to use.
     """
 
-    crop_size: int = 224
+    crop_size: int = 0
     margin: float = 0.25
     align: bool = True
     min_face_size: int = 20
@@ -87,6 +90,8 @@ class FacePipeline:
         from facenet_pytorch import MTCNN
 
         self.config = config or FaceConfig()
+        if not self.config.crop_size:
+            self.config = replace(self.config, crop_size=DEFAULT_CROP)
         self.device = torch.device(device)
         c = self.config
         self.mtcnn = MTCNN(
@@ -99,9 +104,14 @@ class FacePipeline:
         )
 
     def provenance(self) -> dict[str, object]:
-        cfg = asdict(self.config)
-        cfg["thresholds"] = list(self.config.thresholds)
-        cfg["sampling"] = self.config.sampling.describe()
+        return self.describe(self.config)
+
+    @staticmethod
+    def describe(config: FaceConfig) -> dict[str, object]:
+        """Provenance of crops made with ``config`` (without building MTCNN)."""
+        cfg = asdict(config)
+        cfg["thresholds"] = list(config.thresholds)
+        cfg["sampling"] = config.sampling.describe()
         cfg.pop("batch_size")  # no effect on the output
         return {
             "detector": "mtcnn",
@@ -111,13 +121,15 @@ class FacePipeline:
             **cfg,
         }
 
-    def detect(self, frames: np.ndarray) -> Detections:
-        """Run MTCNN over ``frames`` [T, H, W, 3] uint8 in batches; pick one face per frame."""
+    def detect(self, frames: np.ndarray, prev: np.ndarray | None = None) -> Detections:
+        """Run MTCNN over ``frames`` [T, H, W, 3] uint8 in batches; pick one face per frame.
+
+        ``prev`` is the subject's box in the frame before these (tracking across chunks).
+        """
         n = len(frames)
         boxes = np.full((n, 4), np.nan)
         probs = np.zeros(n, dtype=np.float32)
         lms = np.full((n, 5, 2), np.nan)
-        prev: np.ndarray | None = None
         bs = self.config.batch_size
         for a in range(0, n, bs):
             with torch.inference_mode():
@@ -141,22 +153,6 @@ class FacePipeline:
                 return int(np.argmax(np.where(near, probs + 1e-3 * iou, -1.0)))
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         return int(np.lexsort((area, probs))[-1])  # most confident, then largest
-
-    def crop(self, frames: np.ndarray, det: Detections) -> np.ndarray:
-        """Aligned crops ``[T, S, S, 3]`` uint8 for the detected (or reused) boxes."""
-        boxes, lms, found = det.boxes.copy(), det.landmarks.copy(), det.detected
-        if self.config.missing == "reuse":
-            good = np.flatnonzero(found)
-            src = good[np.clip(np.searchsorted(good, np.arange(len(found)), side="right") - 1, 0, None)]
-            boxes, lms = boxes[src], lms[src]
-        out = np.zeros((len(frames), self.config.crop_size, self.config.crop_size, 3), np.uint8)
-        usable = ~np.isnan(boxes[:, 0])
-        idx = np.flatnonzero(usable)
-        bs = self.config.batch_size
-        for a in range(0, len(idx), bs):
-            sel = idx[a : a + bs]
-            out[sel] = self._warp(frames[sel], boxes[sel], lms[sel])
-        return out
 
     def _warp(self, frames: np.ndarray, boxes: np.ndarray, lms: np.ndarray) -> np.ndarray:
         _, h, w, _ = frames.shape
@@ -186,21 +182,103 @@ class FacePipeline:
         return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     def __call__(self, frames: np.ndarray, *, source: str = "") -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Crops and per-frame fields (``detected``, ``prob``, ``box``, ``landmarks``).
-
-        A clip without a face in any frame raises :class:`MediaError`.
-        """
-        det = self.detect(frames)
-        if not det.detected.any():
-            raise MediaError(f"{source or 'clip'}: no face found in {len(frames)} frame(s)")
-        crops = self.crop(frames, det)
-        fields = {
-            "detected": det.detected,
-            "prob": det.probs.astype(np.float32),
-            "box": det.boxes.astype(np.float32),
-            "landmarks": det.landmarks.astype(np.float32),
-        }
+        """Crops and per-frame fields for one clip's frames held in memory."""
+        crops, _, fields = self.process([(frames, np.zeros(len(frames)))], source=source)
         return crops, fields
+
+    def process(
+        self, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *, source: str = ""
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Detect, track and crop a clip streamed as ``(frames, times)`` chunks.
+
+        Only crops are kept, never the decoded frames, so a long clip costs
+        ``crop_size² × 3`` bytes per sampled frame. In ``reuse`` mode, frames before the
+        first detection wait (at most ``MAX_PENDING`` of them) to take the first box;
+        earlier ones stay all-zero. A clip with no face in any frame raises
+        :class:`MediaError`.
+        """
+        crops, times, dets = [], [], []
+        pending: list[tuple[int, np.ndarray]] = []  # (chunk index, frames) before any detection
+        last: tuple[np.ndarray, np.ndarray] | None = None  # last good (box, landmarks)
+        prev_box = None
+        n_frames = 0
+        for frames, ts in _rebatch(chunks, self.config.batch_size):
+            det = self.detect(frames, prev_box)
+            good = np.flatnonzero(det.detected)
+            if len(good):
+                prev_box = det.boxes[good[-1]]
+            boxes, lms = det.boxes.copy(), det.landmarks.copy()
+            if self.config.missing == "reuse":
+                if last is not None or len(good):
+                    # index of the last good frame at or before each frame (-1: none in this chunk)
+                    src = np.maximum.accumulate(np.where(det.detected, np.arange(len(frames)), -1))
+                    carry = last if last is not None else (det.boxes[good[0]], det.landmarks[good[0]])
+                    boxes = np.where((src >= 0)[:, None], det.boxes[np.maximum(src, 0)], carry[0])
+                    lms = np.where((src >= 0)[:, None, None], det.landmarks[np.maximum(src, 0)], carry[1])
+                if len(good):
+                    if last is None and pending:
+                        first = (det.boxes[good[0]], det.landmarks[good[0]])
+                        for ci, fr in pending:
+                            crops[ci] = self._crop_with(fr, first)
+                        pending = []
+                    last = (det.boxes[good[-1]], det.landmarks[good[-1]])
+                elif last is None and sum(len(f) for _, f in pending) + len(frames) <= MAX_PENDING:
+                    pending.append((len(crops), frames))
+            crops.append(self._crop(frames, boxes, lms))
+            times.append(ts)
+            dets.append(det)
+            n_frames += len(frames)
+        if not dets or not any(d.detected.any() for d in dets):
+            raise MediaError(f"{source or 'clip'}: no face found in {n_frames} frame(s)")
+        fields = {
+            "detected": np.concatenate([d.detected for d in dets]),
+            "prob": np.concatenate([d.probs for d in dets]).astype(np.float32),
+            "box": np.concatenate([d.boxes for d in dets]).astype(np.float32),
+            "landmarks": np.concatenate([d.landmarks for d in dets]).astype(np.float32),
+        }
+        return np.concatenate(crops), np.concatenate(times), fields
+
+    def _crop_with(self, frames: np.ndarray, box_lm: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        n = len(frames)
+        return self._crop(frames, np.repeat(box_lm[0][None], n, 0), np.repeat(box_lm[1][None], n, 0))
+
+    def _crop(self, frames: np.ndarray, boxes: np.ndarray, lms: np.ndarray) -> np.ndarray:
+        """Crops for frames with a box; all-zero crops where the box is NaN."""
+        out = np.zeros((len(frames), self.config.crop_size, self.config.crop_size, 3), np.uint8)
+        idx = np.flatnonzero(~np.isnan(boxes[:, 0]))
+        bs = self.config.batch_size
+        for a in range(0, len(idx), bs):
+            sel = idx[a : a + bs]
+            out[sel] = self._warp(frames[sel], boxes[sel], lms[sel])
+        return out
+
+
+def _rebatch(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The same frames in batches of exactly ``size`` (the last one shorter).
+
+    MTCNN's numbers depend (in the last float bits) on the batch shape, so detection
+    batches are fixed by the clip alone, not by how decoding happened to chunk it.
+    """
+    frames: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    held = 0
+    for f, t in chunks:
+        frames.append(f)
+        times.append(t)
+        held += len(f)
+        while held >= size:
+            fa, ta = np.concatenate(frames), np.concatenate(times)
+            yield fa[:size], ta[:size]
+            frames, times, held = [fa[size:]], [ta[size:]], held - size
+    if held:
+        yield np.concatenate(frames), np.concatenate(times)
+
+
+DEFAULT_CROP = 224
+MAX_PENDING = 256
+"""Frames held before the first detection in ``reuse`` mode (bounded memory)."""
 
 
 FACE_FIELDS = {

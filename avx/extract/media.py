@@ -6,9 +6,11 @@ the extraction loop records it as that sample's failure and carries on.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -20,39 +22,76 @@ from avx.errors import MediaError
 SILENCE_RMS = 1e-5
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 waveform at ``sample_rate`` (resampled with soxr, high quality).
+@dataclass(frozen=True)
+class Audio:
+    """A decoded clip: mono float32 ``waveform`` at ``sample_rate``, and what it was."""
 
-    wav/flac/ogg are read with libsndfile; anything else (mp3, flv/mp4 audio tracks)
-    through PyAV. Silent audio is an error: features of silence are not data.
-    """
+    waveform: np.ndarray
+    sample_rate: int
+    source_rate: int
+    channels: int
+
+    @property
+    def note(self) -> str:
+        """What was done to the source, recorded per sample ("" when nothing)."""
+        notes = []
+        if self.channels != 1:
+            notes.append(f"{self.channels} channels mixed to mono")
+        if self.source_rate != self.sample_rate:
+            notes.append(f"resampled {self.source_rate} -> {self.sample_rate} Hz")
+        return "; ".join(notes)
+
+
+def decode_audio(path: str | Path) -> Audio:
+    """The file's audio as decoded: mono mix at its own rate (no resampling)."""
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
     try:
         if path.suffix.lower() in {".wav", ".flac", ".ogg"}:
             y, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            channels = y.shape[1]
             y = y.mean(axis=1)
         else:
-            y, sr = _decode_audio_av(path)
+            y, sr, channels = _decode_audio_av(path)
     except MediaError:
         raise
     except Exception as e:
-        raise MediaError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from None
+        raise MediaError(f"{path}: unreadable audio ({type(e).__name__}: {_first_line(e)})") from None
     if y.size == 0:
         raise MediaError(f"{path}: no audio samples")
-    if sr != sample_rate:
-        y = soxr.resample(y, sr, sample_rate, quality="HQ").astype(np.float32)
+    return Audio(np.ascontiguousarray(y, dtype=np.float32), int(sr), int(sr), int(channels))
+
+
+def resample(audio: Audio, sample_rate: int, *, source: str = "audio") -> Audio:
+    """``audio`` at ``sample_rate`` (soxr, high quality); silence is an error: features of
+    silence are not data."""
+    y = audio.waveform
+    if audio.sample_rate != sample_rate:
+        y = soxr.resample(y, audio.sample_rate, sample_rate, quality="HQ").astype(np.float32)
     if float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) < SILENCE_RMS:
-        raise MediaError(f"{path}: silent audio (RMS below {SILENCE_RMS:g})")
-    return np.ascontiguousarray(y, dtype=np.float32)
+        raise MediaError(f"{source}: silent audio (RMS below {SILENCE_RMS:g})")
+    return Audio(np.ascontiguousarray(y), sample_rate, audio.source_rate, audio.channels)
 
 
-def _decode_audio_av(path: Path) -> tuple[np.ndarray, int]:
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 waveform at ``sample_rate`` from any container (wav/flac/ogg with
+    libsndfile, anything else, such as mp3 or the audio track of flv/mp4, through PyAV)."""
+    return resample(decode_audio(path), sample_rate, source=str(path)).waveform
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
+def _decode_audio_av(path: Path) -> tuple[np.ndarray, int, int]:
     with av.open(str(path)) as c:
         if not c.streams.audio:
             raise MediaError(f"{path}: no audio track")
         stream = c.streams.audio[0]
+        channels = stream.codec_context.channels or 1
         resampler = av.AudioResampler(format="flt", layout="mono")
         chunks = []
         for frame in c.decode(stream):
@@ -61,7 +100,7 @@ def _decode_audio_av(path: Path) -> tuple[np.ndarray, int]:
         for f in resampler.resample(None):
             chunks.append(f.to_ndarray().reshape(-1))
         sr = stream.rate
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), int(sr)
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), int(sr), int(channels)
 
 
 @dataclass(frozen=True)
@@ -85,59 +124,164 @@ class FrameSampling:
         if self.mode == "uniform" and not (self.n and self.seconds):
             raise ValueError("frame sampling 'uniform' needs n and seconds")
 
+    def targets(self) -> Iterator[float] | None:
+        """Target times in seconds (None: every frame)."""
+        if self.mode == "all":
+            return None
+        if self.mode == "fps":
+            return (k / self.fps for k in itertools.count())
+        return ((k + 0.5) * (self.seconds / self.n) for k in range(self.n))
+
+    def selector(self) -> FrameSelector:
+        return FrameSelector(self)
+
     def select(self, times: np.ndarray) -> np.ndarray:
         """Indices into decoded frames with presentation ``times`` (seconds)."""
-        if self.mode == "all" or len(times) == 0:
-            return np.arange(len(times))
-        if self.mode == "fps":
-            targets = np.arange(0.0, times[-1] + 1e-9, 1.0 / self.fps)
-        else:
-            targets = (np.arange(self.n) + 0.5) * (self.seconds / self.n)
-        idx = np.searchsorted(times, targets).clip(1, len(times) - 1)
-        left_closer = (targets - times[idx - 1]) <= (times[idx] - targets)
-        idx = np.where(left_closer, idx - 1, idx)
-        return idx if self.mode == "uniform" else np.unique(idx)
+        sel, out = self.selector(), []
+        for i, t in enumerate(times):
+            out += [j for j, _ in sel.push(i, float(t))]
+            if sel.done:
+                break
+        return np.asarray(out + [j for j, _ in sel.finish()], dtype=np.int64)
 
     def describe(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-def read_frames(
-    path: str | Path, sampling: FrameSampling, *, segment: tuple[float, float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded RGB frames ``[T, H, W, 3]`` uint8 and their timestamps in seconds.
+class FrameSelector:
+    """Streaming form of :class:`FrameSampling`: frames go in one at a time, the chosen
+    ones come out, so a long video is never held in memory.
 
+    Each target time takes the nearer of the two frames around it (the earlier on a
+    tie); ``fps`` never repeats a frame, ``uniform`` always yields ``n`` frames (the last
+    frame repeats when the clip is shorter than ``seconds``) and is ``done`` as soon as
+    its last target is passed, so decoding can stop early.
+    """
+
+    def __init__(self, sampling: FrameSampling) -> None:
+        self.sampling = sampling
+        self._targets = sampling.targets()
+        self._target = next(self._targets, None) if self._targets is not None else None
+        self._prev: tuple[Any, float] | None = None
+        self._last_emitted: Any = None
+        self.done = False
+
+    def _emit(self, item: Any, t: float, out: list[tuple[Any, float]]) -> None:
+        if self.sampling.mode == "fps" and self._last_emitted is item:
+            return
+        out.append((item, t))
+        self._last_emitted = item
+
+    def push(self, item: Any, t: float) -> list[tuple[Any, float]]:
+        out: list[tuple[Any, float]] = []
+        if self._targets is None:
+            return [(item, t)]
+        while self._target is not None and self._target <= t:
+            prev = self._prev
+            if prev is not None and (self._target - prev[1]) <= (t - self._target):
+                self._emit(prev[0], prev[1], out)
+            else:
+                self._emit(item, t, out)
+            self._target = next(self._targets, None)
+        if self._target is None:
+            self.done = True
+        self._prev = (item, t)
+        return out
+
+    def finish(self) -> list[tuple[Any, float]]:
+        out: list[tuple[Any, float]] = []
+        if self.sampling.mode == "uniform" and self._prev is not None:
+            while self._target is not None:
+                out.append(self._prev)
+                self._target = next(self._targets, None)  # type: ignore[arg-type]
+        return out
+
+
+def iter_frames(
+    path: str | Path,
+    sampling: FrameSampling,
+    *,
+    segment: tuple[float, float] | None = None,
+    chunk: int = 64,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Sampled RGB frames in chunks ``([n, H, W, 3] uint8, [n] seconds)``, streamed.
+
+    Timestamps count from the first decoded frame, or from ``segment[0]`` when
     ``segment=(start, end)`` keeps only frames in ``[start, end)`` of a longer video
-    (seeking to the keyframe before ``start``); timestamps then count from ``start``.
+    (decoding starts from a seek to the keyframe before ``start``).
     """
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: file not found")
-    frames, times = [], []
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    sel = sampling.selector()
+    buf: list[tuple[np.ndarray, float]] = []
+    n_decoded, last_t = 0, 0.0
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise MediaError(f"{path}: no video track")
             stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
             if segment is not None and segment[0] > 0 and stream.time_base:
                 c.seek(int(segment[0] / stream.time_base), stream=stream, backward=True)
+            t0 = segment[0] if segment is not None else None
             for i, frame in enumerate(c.decode(stream)):
                 t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 30)
                 if segment is not None and t < segment[0]:
                     continue
                 if segment is not None and t >= segment[1]:
                     break
-                frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(t)
+                t0 = t if t0 is None else t0
+                last_t = t
+                n_decoded += 1
+                for item, ts in sel.push(frame, t - t0):
+                    buf.append(
+                        (item.to_ndarray(format="rgb24") if not isinstance(item, np.ndarray) else item, ts)
+                    )
+                if len(buf) >= chunk:
+                    yield _stack(buf)
+                    buf = []
+                if sel.done:
+                    break
+            if segment is None and not sel.done and n_decoded:
+                _check_complete(path, c, stream, last_t - t0)
+            for item, ts in sel.finish():
+                buf.append(
+                    (item.to_ndarray(format="rgb24") if not isinstance(item, np.ndarray) else item, ts)
+                )
     except MediaError:
         raise
     except Exception as e:
-        raise MediaError(f"{path}: corrupt video ({type(e).__name__}: {e})") from None
-    if not frames:
+        raise MediaError(f"{path}: corrupt video ({type(e).__name__}: {_first_line(e)})") from None
+    if n_decoded == 0:
         if segment is not None:
             raise MediaError(f"{path}: no frames in segment {segment[0]:.2f}-{segment[1]:.2f} s")
         raise MediaError(f"{path}: corrupt video (no decodable frames)")
-    t = np.asarray(times, dtype=np.float64)
-    t -= segment[0] if segment is not None else t[0]
-    keep = sampling.select(t)
-    return np.stack([frames[i] for i in keep]), t[keep]
+    if buf:
+        yield _stack(buf)
+
+
+def _check_complete(path: Path, container: Any, stream: Any, span: float) -> None:
+    """A file whose frames stop well before its header's duration was cut short."""
+    expected = None
+    if stream.duration is not None and stream.time_base is not None:
+        expected = float(stream.duration * stream.time_base)
+    elif container.duration:  # e.g. FLV: the header's duration
+        expected = container.duration / 1_000_000
+    fps = float(stream.average_rate or 25)
+    if expected and span + 2 / fps < 0.9 * expected - 0.1:
+        raise MediaError(f"{path}: truncated video (frames end at {span:.2f} s of {expected:.2f} s)")
+
+
+def _stack(buf: list[tuple[np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.stack([f for f, _ in buf]), np.asarray([t for _, t in buf], dtype=np.float64)
+
+
+def read_frames(
+    path: str | Path, sampling: FrameSampling, *, segment: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All sampled frames of a clip at once (see :func:`iter_frames`); for short clips."""
+    chunks = list(iter_frames(path, sampling, segment=segment))
+    return np.concatenate([f for f, _ in chunks]), np.concatenate([t for _, t in chunks])

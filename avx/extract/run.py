@@ -1,22 +1,36 @@
-"""The one extraction loop: plan streams, lock them, resume, extract, commit.
+"""The one extraction loop: plan streams, lock them, split the work into parts, run, commit.
 
-For each sample that some requested stream still lacks, the loop decodes the media
-once, runs the face pipeline when a visual backbone needs crops (or reads crops
-already committed to the ``faces`` stream), runs every backbone and hands the results
-to the stream writers, which commit them part by part. A per-sample problem (missing
-or corrupt file, silence, no face) is recorded as that sample's failure; re-running
-the same command skips everything committed or failed and finishes the rest.
+The *coordinator* (the process that runs ``avx extract``) builds every backbone once to
+learn its stream spec, takes the stream locks, and splits the pending samples into
+chunks of ``--part-size`` rows. Each chunk becomes one new part per stream, with part
+numbers reserved by the coordinator. A :class:`ChunkRunner` turns a chunk into written
+(uncommitted) parts; the coordinator then commits them by rewriting each stream's index.
+Runners run in-process, or on Dask workers (``--workers N`` starts a local cluster,
+``--scheduler ADDRESS`` joins an existing one): the write layout is the same, because a
+runner only ever creates its own reserved part groups.
 
-Features of a sample never depend on which other samples share its run: each clip is
-one batch. That is what makes a resumed run bit-identical to an uninterrupted one.
+Inside a chunk, clips are decoded and face-detected by background threads
+(``--decode-workers``) while the main thread runs the backbones; visual backbones run
+on frames batched across the chunk's clips. A per-sample problem (missing or corrupt
+file, silence, no face, too short) is recorded as that sample's failure; re-running the
+same command skips everything committed or failed and finishes the rest.
+
+Features of a clip depend only on the clip and the chunk it was batched with: a rerun
+of the same plan, with any number of workers, writes the same bits. A resumed run
+chunks the remaining clips differently; CPU results are then equal in practice, GPU
+results to float tolerance (cuDNN picks kernels per batch shape).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +48,35 @@ from rich.progress import (
 
 from avx.corpora import load_corpus
 from avx.errors import AvxError, MediaError, StoreError
-from avx.extract.backbones import AudioBackbone, Backbone, VisualBackbone, create_backbone
+from avx.extract.backbones import (
+    AudioBackbone,
+    Backbone,
+    TextBackbone,
+    VisualBackbone,
+    create_backbone,
+)
+from avx.extract.backbones.base import Runtime
 from avx.extract.faces import FACE_FIELDS, FaceConfig, FacePipeline
-from avx.extract.media import load_audio, read_frames
+from avx.extract.media import Audio, decode_audio, iter_frames, resample
 from avx.store_schema import spec as S
 from avx.store_schema.locks import lock_streams
-from avx.store_schema.reader import Stream
-from avx.store_schema.writer import StreamSpec, StreamWriter, consolidate, create_store, run_info
+from avx.store_schema.reader import Stream, list_streams
+from avx.store_schema.writer import (
+    PartBuilder,
+    PartResult,
+    StreamSpec,
+    StreamWriter,
+    consolidate,
+    create_store,
+    run_info,
+    spec_mismatch,
+)
 from avx.store_schema.zarrio import local_path, open_root, read_table
+
+PARTIAL_EXIT_CODE = 3
+CROP_GROUP = 16
+"""Clips whose committed crops are read together (bounded memory, few reads)."""
+"""``avx extract`` exit status when some samples failed (the run finished, partially)."""
 
 
 @dataclass(frozen=True)
@@ -49,45 +84,112 @@ class ExtractOptions:
     """Options of ``avx extract`` (see its ``--help``).
 
     Attributes:
+        backbones: registry names; ``faces`` alone writes only the crop stream.
         weights: ``SPEC`` for every backbone with weights, or ``backbone=SPEC`` entries.
+        options: backbone settings ``KEY=VALUE`` (all backbones) or ``BACKBONE:KEY=VALUE``.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: frames (visual) or windows (audio) per forward pass; None = auto.
+        amp: float16 autocast on CUDA.
         dtype: storage dtype of backbone features; None = each backbone's default.
-        part_size: samples per committed part (smaller = less lost on a crash).
+        part_size: samples per committed part (and per chunk of work).
         limit: process at most this many pending samples.
         retry_failed: try again samples recorded as failed.
+        overwrite: delete the requested streams first (after taking their locks) and
+            extract them again, e.g. with other settings. Other streams are untouched.
+        faces: face pipeline settings; ``crop_size=0`` = the store's existing crops, else
+            the largest input size among the requested visual backbones.
+        decode_workers: background threads decoding media and detecting faces.
+        workers: Dask worker processes on this machine (0 = run in this process).
+        scheduler: address of an existing Dask scheduler (overrides ``workers``).
     """
 
     backbones: tuple[str, ...]
     weights: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
     device: str = "cpu"
+    batch_size: int | None = None
+    amp: bool = True
     dtype: str | None = None
     part_size: int = 64
     limit: int | None = None
     retry_failed: bool = False
+    overwrite: bool = False
     faces: FaceConfig = field(default_factory=FaceConfig)
+    decode_workers: int = 2
+    workers: int = 0
+    scheduler: str | None = None
 
 
 @dataclass
 class ExtractReport:
+    """What a run did; ``partial`` when some sample of some stream failed."""
+
     store: str
     processed: int = 0
+    skipped: int = 0
+    wall_s: float = 0.0
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped_streams: list[str] = field(default_factory=list)
+    failed_rows: set[int] = field(default_factory=set)
+
+    @property
+    def failed(self) -> int:
+        """Samples with a failure in at least one stream during this run."""
+        return len(self.failed_rows)
+
+    @property
+    def partial(self) -> bool:
+        return self.failed > 0
+
+    def frames_per_s(self, stream: str) -> float:
+        return self.streams.get(stream, {}).get("frames_now", 0) / max(self.wall_s, 1e-9)
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+def _split_weights(weights: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """``--weights`` entries -> (generic specs, {backbone: spec}); hub ids and paths with a
+    ``/`` before any ``=`` are generic."""
+    generic, specific = [], {}
+    for w in weights:
+        key, sep, value = w.partition("=")
+        if sep and key and "/" not in key:
+            specific[key] = value
+        else:
+            generic.append(w)
+    return generic, specific
 
 
 def _weights_for(name: str, weights: tuple[str, ...]) -> str | None:
-    generic = [w for w in weights if "=" not in w]
-    specific = dict(w.split("=", 1) for w in weights if "=" in w)
+    generic, specific = _split_weights(weights)
     return specific.get(name, generic[-1] if generic else None)
 
 
+def _options_for(name: str, options: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in options:
+        target, _, kv = item.rpartition(":") if ":" in item.split("=", 1)[0] else ("", "", item)
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            raise AvxError(f"--opt '{item}': expected KEY=VALUE or BACKBONE:KEY=VALUE")
+        if target in ("", name):
+            out[key.strip()] = value.strip()
+    return out
+
+
 def _stream_spec(b: Backbone, dtype: str | None, extra: dict[str, Any]) -> StreamSpec:
-    dt = dtype or b.default_dtype
+    prov = b.provenance()
+    # Random-init features are tiny (no trained scale): float16 would flush them to zero.
+    dt = dtype or ("float32" if prov.get("weights") == "random-init" else b.default_dtype)
     return StreamSpec(
         name=b.stream_name,
         frame_shape=tuple(b.frame_shape),
         dtype=dt,
         frame_rate=b.frame_rate,
+        fields=dict(b.fields),
         layer_axis=b.layer_axis,
-        provenance={**b.provenance(), **extra, "dtype": dt, "created": run_info()},
+        provenance={**prov, **extra, "dtype": dt, "created": run_info()},
     )
 
 
@@ -112,96 +214,85 @@ def ensure_store(corpus: str, root: str | Path, store: str | Path) -> Path:
     return path
 
 
-def extract(
-    corpus: str,
-    root: str | Path,
-    store: str | Path,
-    options: ExtractOptions,
-    *,
-    console: Console | None = None,
-) -> ExtractReport:
-    """Extract ``options.backbones`` for every pending sample of ``corpus`` into ``store``."""
-    console = console or Console(stderr=True)
-    root = Path(root)
-    known = {b.split("=", 1)[0] for b in options.weights if "=" in b}
-    if unknown := known - set(options.backbones):
+def build_backbones(options: ExtractOptions, runtime: Runtime | None = None) -> list[Backbone]:
+    """The requested backbones, in request order, sharing one runtime."""
+    names = list(dict.fromkeys(options.backbones))
+    if unknown := set(_split_weights(options.weights)[1]) - set(names):
         raise AvxError(f"--weights names backbone(s) not requested: {', '.join(sorted(unknown))}")
-    backbones = [
-        create_backbone(n, weights=_weights_for(n, options.weights), device=options.device)
-        for n in dict.fromkeys(options.backbones)
+    runtime = runtime or Runtime.create(options.device, options.batch_size, options.amp)
+    return [
+        create_backbone(
+            n,
+            weights=_weights_for(n, options.weights),
+            options=_options_for(n, options.options),
+            runtime=runtime,
+        )
+        for n in names
     ]
-    path = ensure_store(corpus, root, store)
-    root = root if root.is_dir() else root.parent  # a manifest file: media sit beside it
-    audio = [b for b in backbones if isinstance(b, AudioBackbone)]
-    visual = [b for b in backbones if isinstance(b, VisualBackbone)]
-    specs: dict[str, StreamSpec] = {}
-    face_pipe = None
-    if visual:
-        face_pipe = FacePipeline(options.faces, device=options.device)
-        face_prov = {**face_pipe.provenance(), "dtype": "uint8", "created": run_info()}
-        specs[S.FACES] = StreamSpec(
-            name=S.FACES,
-            frame_shape=(options.faces.crop_size, options.faces.crop_size, 3),
-            dtype="uint8",
-            frame_rate=options.faces.sampling.fps,
-            fields=FACE_FIELDS,
-            provenance=face_prov,
-        )
-        face_ref = {"input_stream": S.FACES, "input_provenance_sha256": _fingerprint(face_prov)}
-    for b in backbones:
-        specs[b.stream_name] = _stream_spec(b, options.dtype, face_ref if b in visual else {})
-
-    report = ExtractReport(str(path))
-    with ExitStack() as stack:
-        lock_streams(stack, path, list(specs))
-        g = open_root(path, writable=True)
-        writers = {name: StreamWriter(g, spec, part_size=options.part_size) for name, spec in specs.items()}
-        stack.callback(lambda: [w.close() for w in writers.values()])
-        samples = read_table(g[S.SAMPLES])
-        rows = list(range(len(samples)))
-        todo = sorted(
-            set().union(*(w.todo(rows, retry_failed=options.retry_failed) for w in writers.values()))
-        )
-        if options.limit is not None:
-            todo = todo[: options.limit]
-        faces_in_store = (
-            Stream(g[S.stream_path(S.FACES)], S.FACES, samples["id"].to_numpy(dtype=object))
-            if visual
-            else None
-        )
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(f"extract {', '.join(specs)}", total=len(todo))
-            for row in todo:
-                sample = samples.iloc[row]
-                if audio:
-                    _audio_row(row, sample, root, audio, writers, options, console)
-                if visual:
-                    _visual_row(
-                        row, sample, root, visual, face_pipe, faces_in_store, writers, options, console
-                    )
-                report.processed += 1
-                progress.advance(task)
-    for name, w in writers.items():
-        report.streams[name] = {"committed_now": w.committed_now, "failed_now": w.failed_now}
-    consolidate(path)
-    return report
 
 
-def _needs(writer: StreamWriter, row: int, options: ExtractOptions) -> bool:
-    return bool(writer.todo([row], retry_failed=options.retry_failed))
+@dataclass
+class Plan:
+    """Everything a :class:`ChunkRunner` needs besides its backbones."""
+
+    store: str
+    media_root: str
+    specs: dict[str, StreamSpec]
+    faces: FaceConfig | None
+    options: ExtractOptions
+    threads: int = 1
+    """torch intra-op threads of the coordinator. CPU kernels split reductions by thread
+    count, so workers use the same count to write the same bits (MTCNN boxes differ by
+    ~1e-5 px between 1 and 2 threads, enough to change a crop's pixels)."""
+    blas_threads: int | None = None
+    """BLAS threads of the coordinator (librosa's mel and DCT products), likewise."""
 
 
-def _media(root: Path, rel: str, sample_id: str, what: str) -> Path:
-    if not rel:
-        raise MediaError(f"{sample_id}: no {what} file listed for this clip")
-    return root / rel
+def _face_config(options: ExtractOptions, visual: list[VisualBackbone], root: Any) -> FaceConfig:
+    cfg = options.faces
+    if cfg.crop_size:
+        return cfg
+    path = S.stream_path(S.FACES)
+    if path in root and S.STREAM_ATTR in root[path].attrs:
+        size = int(root[path].attrs[S.STREAM_ATTR]["frame_shape"][0])
+    else:
+        size = max([b.crop_size for b in visual] or [224])
+    return replace(cfg, crop_size=size)
+
+
+def _faces_spec(cfg: FaceConfig) -> StreamSpec:
+    pipe_prov = FacePipeline.describe(cfg)
+    return StreamSpec(
+        name=S.FACES,
+        frame_shape=(cfg.crop_size, cfg.crop_size, 3),
+        dtype="uint8",
+        frame_rate=cfg.sampling.fps,
+        fields=FACE_FIELDS,
+        provenance={**pipe_prov, "dtype": "uint8", "created": run_info()},
+    )
+
+
+# -- running a chunk --------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One chunk of rows: for each stream, the rows it needs and its reserved part."""
+
+    rows: list[int]
+    todo: dict[str, list[int]]
+    parts: dict[str, int]
+
+
+@dataclass
+class _Prepared:
+    row: int
+    audio: dict[int, Audio | MediaError] = field(default_factory=dict)
+    crops: np.ndarray | None = None
+    times: np.ndarray | None = None
+    face_fields: dict[str, np.ndarray] | None = None
+    new_faces: bool = False
+    video_error: MediaError | None = None
 
 
 def _segment(sample: pd.Series) -> tuple[float, float] | None:
@@ -212,56 +303,412 @@ def _segment(sample: pd.Series) -> tuple[float, float] | None:
     return float(a), float(b)
 
 
-def _warn(console: Console, stream: str, sample_id: str, err: Exception) -> None:
-    console.print(f"[yellow]failed[/] {stream} {sample_id}: {err}", highlight=False, soft_wrap=True)
+def _media(root: Path, rel: Any, sample_id: str, what: str) -> Path:
+    if not isinstance(rel, str) or not rel:
+        raise MediaError(f"{sample_id}: no {what} file listed for this clip")
+    return root / rel
 
 
-def _audio_row(row, sample, root, audio, writers, options, console) -> None:
-    cache: dict[int, np.ndarray | MediaError] = {}
-    for b in audio:
-        w = writers[b.stream_name]
-        if not _needs(w, row, options):
-            continue
-        try:
-            if b.sample_rate not in cache:
-                try:
-                    src = _media(root, sample["audio_path"], sample["id"], "audio")
-                    cache[b.sample_rate] = load_audio(src, b.sample_rate)
-                except MediaError as e:
-                    cache[b.sample_rate] = e
-            wav = cache[b.sample_rate]
-            if isinstance(wav, MediaError):
-                raise wav
-            feats, ts = b(wav, source=str(root / sample["audio_path"]))
-            w.add(row, feats, ts)
-        except MediaError as e:
-            w.fail(row, str(e))
-            _warn(console, b.stream_name, sample["id"], e)
+class ChunkRunner:
+    """Turns :class:`Task` chunks into written parts; owns backbones and the face pipeline."""
+
+    def __init__(self, plan: Plan, backbones: list[Backbone]) -> None:
+        self.plan, self.backbones = plan, backbones
+        self.root = open_root(plan.store, writable=True)
+        self.media_root = Path(plan.media_root)
+        self.samples = read_table(self.root[S.SAMPLES])
+        self.ids = self.samples["id"].to_numpy(dtype=object)
+        self.audio = [b for b in backbones if isinstance(b, AudioBackbone)]
+        self.text = [b for b in backbones if isinstance(b, TextBackbone)]
+        self.visual = [b for b in backbones if isinstance(b, VisualBackbone)]
+        self.face_pipe = FacePipeline(plan.faces, device=plan.options.device) if plan.faces else None
+        self._faces: Stream | None = None
+        self._crop_groups: dict[int, list[int]] = {}
+        self._crop_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self._group_locks: dict[int, threading.Lock] = {}
+        self.rates = sorted({b.sample_rate for b in self.audio})
+        self.batch_frames = plan.options.batch_size or (256 if plan.options.device.startswith("cuda") else 64)
+
+    # background work: decode, resample, detect ------------------------------------------
+    def _prepare(self, row: int, task: Task) -> _Prepared:
+        sample = self.samples.iloc[row]
+        sid = str(sample["id"])
+        prep = _Prepared(row)
+        if any(row in task.todo.get(b.stream_name, ()) for b in self.audio):
+            try:
+                src = _media(self.media_root, sample["audio_path"], sid, "audio")
+                decoded = decode_audio(src)
+                for rate in self.rates:
+                    try:
+                        prep.audio[rate] = resample(decoded, rate, source=str(src))
+                    except MediaError as e:
+                        prep.audio[rate] = e
+            except MediaError as e:
+                prep.audio = dict.fromkeys(self.rates, e)
+        need_faces = row in task.todo.get(S.FACES, ())
+        need_visual = any(row in task.todo.get(b.stream_name, ()) for b in self.visual)
+        if need_faces or need_visual:
+            try:
+                if need_faces:
+                    src = _media(self.media_root, sample["video_path"], sid, "video")
+                    chunks = iter_frames(src, self.plan.faces.sampling, segment=_segment(sample))
+                    prep.crops, prep.times, prep.face_fields = self.face_pipe.process(chunks, source=str(src))
+                    prep.new_faces = True
+                elif (stored := self._stored_crops(row)) is not None:
+                    prep.crops, prep.times = stored
+                else:
+                    faces = self._faces
+                    status = S.Status(int(faces.index[row, 0]))
+                    if status == S.Status.FAILED:
+                        raise MediaError(faces.failures.get(sid, "face extraction failed"))
+                    if status != S.Status.COMMITTED:
+                        raise MediaError(f"{sid}: no committed face crops")
+                    prep.crops, prep.times = faces[sid], faces.timestamps(sid)
+            except MediaError as e:
+                prep.video_error = e
+        return prep
+
+    def _stored_crops(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Committed crops and timestamps of ``row``, read with the rest of its group."""
+        group = self._crop_groups.get(row)
+        if group is None:
+            return None
+        with self._lock:  # one lock per group: groups are read concurrently
+            lock = self._group_locks.setdefault(group[0], threading.Lock())
+        with lock:
+            if row not in self._crop_cache:
+                ids = [str(self.ids[r]) for r in group]
+                data = self._faces.read_many(ids)
+                times = self._faces.read_many(ids, S.TIMESTAMPS)
+                self._crop_cache.update(zip(group, zip(data, times, strict=True), strict=True))
+            return self._crop_cache.pop(row, None)
+
+    def _prefetch(self, task: Task) -> Iterator[_Prepared]:
+        workers = max(0, self.plan.options.decode_workers)
+        if workers == 0:
+            for row in task.rows:
+                yield self._prepare(row, task)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="avx-decode") as pool:
+            queue: list[Future[_Prepared]] = []
+            rows = iter(task.rows)
+            for row in rows:
+                queue.append(pool.submit(self._prepare, row, task))
+                if len(queue) > 2 * workers:
+                    yield queue.pop(0).result()
+            for fut in queue:
+                yield fut.result()
+
+    # foreground: backbones --------------------------------------------------------------
+    def run(self, task: Task, on_sample: Callable[[int, int], None] | None = None) -> dict[str, PartResult]:
+        """Write one part per stream for ``task``; ``on_sample(row, n_frames)`` reports progress."""
+        builders = {
+            name: PartBuilder(self.root[S.stream_path(name)], self.plan.specs[name], k)
+            for name, k in task.parts.items()
+        }
+        if self.plan.faces is not None:  # committed crops as of this chunk's start
+            self._faces = Stream(self.root[S.stream_path(S.FACES)], S.FACES, self.ids)
+            need = {r for b in self.visual for r in task.todo.get(b.stream_name, ())}
+            rows = [
+                r
+                for r in task.rows
+                if r in need
+                and r not in task.todo.get(S.FACES, ())
+                and self._faces.index[r, 0] == S.Status.COMMITTED
+            ]
+            # Committed crops are read in groups (one slice per part, not one read per clip).
+            self._crop_groups = {
+                r: rows[i : i + CROP_GROUP]
+                for i in range(0, len(rows), CROP_GROUP)
+                for r in rows[i : i + CROP_GROUP]
+            }
+            self._crop_cache = {}
+        batch: list[_Prepared] = []
+        n_batch = 0
+        for prep in self._prefetch(task):
+            sid = str(self.ids[prep.row])
+            self._run_audio(prep, task, builders, sid)
+            self._run_text(prep, task, builders, sid)
+            if prep.video_error is not None:
+                for name in [S.FACES, *(b.stream_name for b in self.visual)]:
+                    if prep.row in task.todo.get(name, ()):
+                        builders[name].fail(prep.row, str(prep.video_error))
+            elif prep.crops is not None:
+                if prep.new_faces:
+                    builders[S.FACES].add(prep.row, prep.crops, prep.times, **prep.face_fields)
+                batch.append(prep)
+                n_batch += len(prep.crops)
+                if n_batch >= self.batch_frames:
+                    self._run_visual(batch, task, builders)
+                    batch, n_batch = [], 0
+            if on_sample is not None:
+                on_sample(prep.row, 0 if prep.crops is None else len(prep.crops))
+        self._run_visual(batch, task, builders)
+        return {name: b.write() for name, b in builders.items() if len(b)}
+
+    def _run_audio(self, prep: _Prepared, task: Task, builders: dict[str, PartBuilder], sid: str) -> None:
+        for b in self.audio:
+            name = b.stream_name
+            if prep.row not in task.todo.get(name, ()):
+                continue
+            audio = prep.audio[b.sample_rate]
+            try:
+                if isinstance(audio, MediaError):
+                    raise audio
+                feats, ts = b(audio.waveform, source=str(self.samples.iloc[prep.row]["audio_path"]))
+                builders[name].add(prep.row, feats, ts, note=audio.note)
+            except MediaError as e:
+                builders[name].fail(prep.row, str(e))
+
+    def _run_text(self, prep: _Prepared, task: Task, builders: dict[str, PartBuilder], sid: str) -> None:
+        for b in self.text:
+            name = b.stream_name
+            if prep.row not in task.todo.get(name, ()):
+                continue
+            try:
+                feats, ts = b(str(self.samples.iloc[prep.row].get("transcript") or ""), source=sid)
+                builders[name].add(prep.row, feats, ts)
+            except MediaError as e:
+                builders[name].fail(prep.row, str(e))
+
+    def _run_visual(self, batch: list[_Prepared], task: Task, builders: dict[str, PartBuilder]) -> None:
+        """Run every visual backbone once over the frames of all clips in ``batch``."""
+        for b in self.visual:
+            todo = [p for p in batch if p.row in task.todo.get(b.stream_name, ())]
+            if not todo:
+                continue
+            feats, fields = b(np.concatenate([p.crops for p in todo]))
+            a = 0
+            for p in todo:
+                n = len(p.crops)
+                builders[b.stream_name].add(
+                    p.row, feats[a : a + n], p.times, **{k: v[a : a + n] for k, v in fields.items()}
+                )
+                a += n
 
 
-def _visual_row(row, sample, root, visual, face_pipe, faces_in_store, writers, options, console) -> None:
-    fw = writers[S.FACES]
-    pending = [b for b in visual if _needs(writers[b.stream_name], row, options)]
-    need_faces = _needs(fw, row, options)
-    if not pending and not need_faces:
-        return
+# -- Dask ---------------------------------------------------------------------------------------
+
+_WORKER_RUNNERS: dict[str, ChunkRunner] = {}
+
+
+def _worker_device(device: str) -> str:
+    """``cuda`` on a Dask worker: one GPU per worker, by worker index."""
+    import torch
+
+    if device != "cuda" or torch.cuda.device_count() <= 1:
+        return device
     try:
-        if not need_faces and fw.status(row) == S.Status.FAILED:
-            raise MediaError(faces_in_store.failures.get(sample["id"], "face extraction failed"))
-        if not need_faces:
-            crops = faces_in_store[sample["id"]]
-        else:
-            src = _media(root, sample["video_path"], sample["id"], "video")
-            frames, ts = read_frames(src, options.faces.sampling, segment=_segment(sample))
-            crops, fields = face_pipe(frames, source=str(src))
-            fw.add(row, crops, ts, **fields)
-            if not pending:
-                return
-        ts = faces_in_store.timestamps(sample["id"]) if not need_faces else ts
-    except MediaError as e:
-        for w in [fw] * need_faces + [writers[b.stream_name] for b in pending]:
-            w.fail(row, str(e))
-        _warn(console, "video", sample["id"], e)
-        return
-    for b in pending:
-        writers[b.stream_name].add(row, b(crops), ts)
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = int(name) if str(name).isdigit() else abs(hash(name))
+    except Exception:
+        return device
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def run_task_on_worker(plan: Plan, task: Task) -> dict[str, PartResult]:
+    """Dask task: build (once per worker process) the runner, check provenance, run a chunk."""
+    key = _fingerprint({"plan": plan.store, "specs": {k: v.to_attrs() for k, v in plan.specs.items()}})
+    runner = _WORKER_RUNNERS.get(key)
+    if runner is None:
+        import torch
+
+        torch.set_num_threads(plan.threads)
+        if plan.blas_threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(plan.blas_threads, user_api="blas")
+        opts = replace(plan.options, device=_worker_device(plan.options.device))
+        backbones = [
+            b for b in build_backbones(opts) if b.stream_name in plan.specs and b.stream_name != S.FACES
+        ]
+        for b in backbones:
+            want = plan.specs[b.stream_name].provenance
+            got = _stream_spec(
+                b, opts.dtype, {k: want[k] for k in ("input_stream", "input_provenance_sha256") if k in want}
+            )
+            if _fingerprint(got.provenance) != _fingerprint(want):
+                raise StoreError(f"worker builds '{b.stream_name}' with other settings than the coordinator")
+        runner = _WORKER_RUNNERS[key] = ChunkRunner(plan, backbones)
+    return runner.run(task)
+
+
+def _dask_client(options: ExtractOptions) -> Any:
+    from distributed import Client, LocalCluster
+
+    if options.scheduler:
+        return Client(options.scheduler)
+    cluster = LocalCluster(
+        n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    return Client(cluster)
+
+
+# -- the coordinator ---------------------------------------------------------------------------
+
+
+def extract(
+    corpus: str,
+    root: str | Path,
+    store: str | Path,
+    options: ExtractOptions,
+    *,
+    console: Console | None = None,
+) -> ExtractReport:
+    """Extract ``options.backbones`` for every pending sample of ``corpus`` into ``store``."""
+    console = console or Console(stderr=True)
+    t0 = time.time()
+    root = Path(root)
+    backbones = build_backbones(options)
+    path = ensure_store(corpus, root, store)
+    media_root = root if root.is_dir() else root.parent  # a manifest file: media sit beside it
+    g = open_root(path, writable=True)
+    samples = read_table(g[S.SAMPLES])
+    report = ExtractReport(str(path))
+    text = [b for b in backbones if isinstance(b, TextBackbone)]
+    if text and (
+        "transcript" not in samples or not samples["transcript"].fillna("").astype(str).str.strip().any()
+    ):
+        for b in text:
+            console.print(f"[yellow]skipped[/] {b.stream_name}: corpus '{corpus}' has no transcripts")
+            report.skipped_streams.append(b.stream_name)
+        backbones = [b for b in backbones if b not in text]
+    visual = [b for b in backbones if isinstance(b, VisualBackbone)]
+    want_faces = bool(visual) or any(b.stream_name == S.FACES for b in backbones)
+    backbones = [b for b in backbones if b.stream_name != S.FACES]
+    specs: dict[str, StreamSpec] = {}
+    faces_cfg = None
+    if want_faces:
+        faces_cfg = _face_config(options, visual, g)
+        specs[S.FACES] = _faces_spec(faces_cfg)
+        face_ref = {
+            "input_stream": S.FACES,
+            "input_provenance_sha256": _fingerprint(specs[S.FACES].provenance),
+        }
+    for b in backbones:
+        specs[b.stream_name] = _stream_spec(b, options.dtype, face_ref if b in visual else {})
+    if not specs:
+        raise AvxError("nothing to extract")
+    import torch
+    from threadpoolctl import threadpool_info
+
+    blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    plan = Plan(
+        str(path),
+        str(media_root),
+        specs,
+        faces_cfg,
+        options,
+        threads=torch.get_num_threads(),
+        blas_threads=max(blas) if blas else None,
+    )
+
+    with ExitStack() as stack:
+        lock_streams(stack, path, list(specs))
+        if options.overwrite:
+            for name in specs:
+                if S.stream_path(name) not in g:
+                    continue
+                if name == S.FACES and S.FACES not in options.backbones:
+                    # crops a visual backbone merely reads are kept if their settings still hold
+                    old = StreamSpec.from_attrs(g[S.stream_path(name)].attrs[S.STREAM_ATTR])
+                    if spec_mismatch(old, specs[name]) is None:
+                        continue
+                del g[S.stream_path(name)]
+                console.print(f"overwrite: deleted stream {name}", highlight=False)
+        writers = {name: StreamWriter(g, spec, part_size=options.part_size) for name, spec in specs.items()}
+        stack.callback(lambda: [w.close() for w in writers.values()])
+        rows = list(range(len(samples)))
+        todo_by = {n: set(w.todo(rows, retry_failed=options.retry_failed)) for n, w in writers.items()}
+        todo = sorted(set().union(*todo_by.values()))
+        report.skipped = len(rows) - len(todo)
+        if options.limit is not None:
+            todo = todo[: options.limit]
+        tasks = []
+        for a in range(0, len(todo), max(1, options.part_size)):
+            chunk = todo[a : a + options.part_size]
+            per = {n: [r for r in chunk if r in todo_by[n]] for n in specs}
+            per = {n: rs for n, rs in per.items() if rs}
+            tasks.append(Task(chunk, per, {n: writers[n].reserve_part() for n in per}))
+        frames = {n: 0 for n in specs}
+
+        def commit(results: dict[str, PartResult]) -> None:
+            for name, res in results.items():
+                writers[name].commit(res)
+                report.failed_rows |= set(res.failures)
+                for row, why in res.failures.items():
+                    console.print(
+                        f"[yellow]failed[/] {name} {samples['id'].iat[row]}: {why}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                frames[name] += sum(b - a for _, a, b in res.entries)
+
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task(f"extract {', '.join(specs)}", total=len(todo), rate="")
+            done = {"clips": 0, "frames": 0}
+
+            def tick(n_clips: int, n_frames: int) -> None:
+                done["clips"] += n_clips
+                done["frames"] += n_frames
+                el = max(time.time() - t0, 1e-9)
+                rate = f"{done['clips'] / el:.2f} clips/s"
+                if done["frames"]:
+                    rate += f", {done['frames'] / el:.0f} face frames/s"
+                progress.update(bar, advance=n_clips, rate=rate)
+
+            if options.workers > 0 or options.scheduler:
+                _run_dask(plan, tasks, commit, tick, options)
+            else:
+                runner = ChunkRunner(plan, backbones)
+                for task in tasks:
+                    commit(runner.run(task, on_sample=lambda _r, n: tick(1, n)))
+        report.processed = len(todo)
+    for name, w in writers.items():
+        report.streams[name] = {
+            "committed_now": w.committed_now,
+            "failed_now": w.failed_now,
+            "frames_now": frames[name],
+        }
+    consolidate(path)
+    report.wall_s = time.time() - t0
+    return report
+
+
+def _run_dask(
+    plan: Plan,
+    tasks: list[Task],
+    commit: Callable[[dict[str, PartResult]], None],
+    tick: Callable[[int, int], None],
+    options: ExtractOptions,
+) -> None:
+    from distributed import as_completed
+
+    client = _dask_client(options)
+    try:
+        futures = {client.submit(run_task_on_worker, plan, t, pure=False): t for t in tasks}
+        for fut in as_completed(futures):
+            results = fut.result()
+            commit(results)
+            n_frames = sum(b - a for _, a, b in results.get(S.FACES, PartResult(0, [], {})).entries)
+            tick(len(futures[fut].rows), n_frames)
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None and not options.scheduler:
+            cluster.close()
+
+
+def stream_names_in(path: str | Path) -> list[str]:
+    return list_streams(open_root(local_path(path)))

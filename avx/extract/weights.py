@@ -11,6 +11,7 @@ loaded goes into the stream's provenance.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,15 @@ class WeightsSource:
         return {"weights": self.spec, "weights_kind": self.kind, "weights_sha256": sha256}
 
 
-def resolve_weights(spec: str | None, *, default: str, backbone: str) -> WeightsSource:
+def resolve_weights(
+    spec: str | None, *, default: str | None, backbone: str, expects: str = ""
+) -> WeightsSource:
+    """Classify ``spec`` (``default`` when None; a None default means --weights is required)."""
+    if spec is None and default is None:
+        raise AvxError(
+            f"{backbone}: no default weights; pass --weights {backbone}=PATH ({expects or 'a checkpoint'})"
+            f" or --weights {backbone}=none for random init"
+        )
     spec = default if spec is None else spec
     if spec.lower() in {"none", "random", RANDOM_INIT}:
         warnings.warn(
@@ -64,9 +73,35 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def sha256_folder(path: str | Path) -> dict[str, str]:
+    """sha256 of every weight file in a ``save_pretrained`` folder (or an HF snapshot)."""
+    path = Path(path)
+    files = sorted(
+        f
+        for f in path.rglob("*")
+        if f.is_file() and f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
+    )
+    return {str(f.relative_to(path)): sha256_file(f) for f in files}
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The local HF-cache folder of ``repo_id`` (after a download), for hashing its files."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint's state dict: unwraps ``{'state_dict': ...}``/``{'model': ...}`` and
-    strips DataParallel's ``module.`` prefix, the layouts published emotion checkpoints use."""
+    strips DataParallel's ``module.`` prefix, the layouts published emotion checkpoints use.
+
+    Checkpoints that pickle a whole ``nn.Module`` (HSEmotion's ``enet_b2_8.pt``) cannot be
+    read with ``weights_only=True``; such a file the user named explicitly is unpickled
+    with a warning (unpickling runs code from the file) and its ``state_dict()`` is used.
+    """
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -74,12 +109,46 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                warnings.warn(
+                    f"{path}: pickled model object, not a state dict; unpickling it (trusted file)",
+                    stacklevel=2,
+                )
+                obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:
-        raise AvxError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+        raise AvxError(
+            f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
+        elif isinstance(obj, dict) and isinstance(obj.get(key), torch.nn.Module):
+            obj = obj[key].state_dict()
     if not isinstance(obj, dict):
         raise AvxError(f"{path}: checkpoint holds {type(obj).__name__}, not a state dict")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_into(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, *, ignore: tuple[str, ...] = ()
+) -> None:
+    """``load_state_dict(strict=True)`` up to the keys under ``ignore`` (classifier heads of
+    any size), with a one-line error naming the file and the first mismatch."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
+    want = {k for k in own if not k.startswith(ignore)}
+    missing, extra = sorted(want - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise AvxError(
+            f"{path}: not a checkpoint of this architecture ({what};"
+            f" {len(missing)} missing, {len(extra)} unexpected)"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise AvxError(f"{path}: '{k}' has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict({**{k: own[k] for k in own if k.startswith(ignore)}, **state}, strict=True)

@@ -71,6 +71,16 @@ class Stream(Mapping[str, np.ndarray]):
         return [str(self._ids[r]) for r in rows]
 
     @property
+    def notes(self) -> dict[str, str]:
+        """Committed sample id -> what was done to its input (e.g. "resampled 8000 -> 16000 Hz")."""
+        out: dict[str, str] = {}
+        for key in sorted({int(k) for k in self.index[self.index[:, 0] == S.Status.COMMITTED, 1]}):
+            for r, note in self._part(key).attrs.get("notes", {}).items():
+                if self.index[int(r), 0] == S.Status.COMMITTED and self.index[int(r), 1] == key:
+                    out[str(self._ids[int(r)])] = note
+        return out
+
+    @property
     def failures(self) -> dict[str, str]:
         """Failed sample id -> reason."""
         out: dict[str, str] = {}

@@ -242,7 +242,8 @@ VOLATILE_PROVENANCE = {"created"}
 """Provenance keys that may differ on resume (who/when); each run is listed in ``history``."""
 
 
-def _spec_mismatch(old: StreamSpec, new: StreamSpec) -> str | None:
+def spec_mismatch(old: StreamSpec, new: StreamSpec) -> str | None:
+    """Why a stream written with ``old`` cannot be continued with ``new`` (None: it can)."""
     a, b = old.to_attrs(), new.to_attrs()
     for key in sorted(set(a) | set(b)):
         if key == "provenance":
@@ -276,10 +277,107 @@ class _Pending:
     fields: dict[str, np.ndarray]
 
 
+@dataclass
+class PartResult:
+    """A written but not yet committed part: what the index must learn to commit it.
+
+    Workers (other processes or machines) return these to the one process holding the
+    stream lock, which commits them with :meth:`StreamWriter.commit`.
+    """
+
+    part: int
+    entries: list[tuple[int, int, int]]  # (row, start, stop)
+    failures: dict[int, str]
+
+
+class PartBuilder:
+    """Buffers samples and writes them as part ``part`` of a stream; never touches the index.
+
+    This is all a parallel worker does: its part group has a name no one else uses, so
+    it shares no chunk with any other writer, and nothing references it until the lock
+    holder commits the returned :class:`PartResult`.
+    """
+
+    def __init__(self, stream_group: zarr.Group, spec: StreamSpec, part: int) -> None:
+        self.group, self.spec, self.part = stream_group, spec, part
+        self._buffer: list[_Pending] = []
+        self.failures: dict[int, str] = {}
+        self.notes: dict[int, str] = {}
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._buffer) + len(self.failures)
+
+    def add(
+        self, row: int, data: np.ndarray, timestamps: np.ndarray, *, note: str = "", **fields: np.ndarray
+    ) -> None:
+        data = np.asarray(data)
+        if tuple(data.shape[1:]) != self.spec.frame_shape:
+            raise ValueError(f"{self.spec.name}: frame shape {data.shape[1:]} != {self.spec.frame_shape}")
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        if timestamps.shape != (data.shape[0],):
+            raise ValueError(f"{self.spec.name}: {len(timestamps)} timestamps for {len(data)} frames")
+        if set(fields) != set(self.spec.fields):
+            raise ValueError(f"{self.spec.name}: fields {sorted(fields)} != {sorted(self.spec.fields)}")
+        with np.errstate(over="ignore"):  # overflow is detected and refused just below
+            stored = data.astype(self.spec.dtype, copy=False)
+        if stored.dtype == np.float16 and data.dtype != np.float16 and data.size:
+            _check_half(self.spec.name, data, stored)
+        conv = {}
+        for k, v in fields.items():
+            fs = self.spec.fields[k]
+            conv[k] = np.asarray(v, dtype=fs["dtype"]).reshape(len(data), *fs["shape"])
+        self._buffer.append(_Pending(row, stored, timestamps, conv))
+        if note:
+            self.notes[row] = note
+        self.nbytes += stored.nbytes
+
+    def fail(self, row: int, reason: str) -> None:
+        self.failures[row] = " ".join(str(reason).split())
+
+    def write(self) -> PartResult:
+        """Write the buffered samples as the part group; returns what commits it."""
+        buf = self._buffer
+        lengths = [len(p.data) for p in buf]
+        stops = np.cumsum(lengths, dtype=np.int64)
+        starts = stops - np.asarray(lengths, dtype=np.int64)
+        part = self.group[S.PARTS].create_group(S.part_name(self.part))
+        part.attrs.update(
+            {
+                "rows": [p.row for p in buf],
+                "failures": {str(r): why for r, why in self.failures.items()},
+                "notes": {str(r): n for r, n in self.notes.items()},
+                "n_frames": int(stops[-1]) if buf else 0,
+                "written": _now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+        )
+        chunk_rows = max(1, S.TARGET_CHUNK_BYTES // max(1, self.spec.frame_bytes))
+        empty = np.zeros((0, *self.spec.frame_shape), dtype=self.spec.dtype)
+        write_array(
+            part, S.DATA, np.concatenate([p.data for p in buf]) if buf else empty, chunk_rows=chunk_rows
+        )
+        ts = np.concatenate([p.timestamps for p in buf]) if buf else np.zeros(0)
+        write_array(part, S.TIMESTAMPS, ts, chunk_rows=1 << 16)
+        for name, fs in self.spec.fields.items():
+            vals = (
+                np.concatenate([p.fields[name] for p in buf])
+                if buf
+                else np.zeros((0, *fs["shape"]), dtype=fs["dtype"])
+            )
+            write_array(part, name, vals, chunk_rows=1 << 16)
+        entries = [(p.row, int(a), int(b)) for p, a, b in zip(buf, starts, stops, strict=True)]
+        return PartResult(self.part, entries, dict(self.failures))
+
+
 class StreamWriter:
     """Appends samples to one stream, committing them part by part.
 
     The caller must hold the stream's lock (:class:`~avx.store_schema.locks.StreamLock`).
+    Opening a writer deletes parts no index row references (leftovers of a crash), so
+    only the lock holder opens one; parallel workers use :class:`PartBuilder` on part
+    numbers the lock holder handed out with :meth:`reserve_part`.
 
     Args:
         root: the store's root group, opened writable.
@@ -305,11 +403,11 @@ class StreamWriter:
         if path in root:
             self.group = root[path]
             old = StreamSpec.from_attrs(self.group.attrs[S.STREAM_ATTR])
-            why = _spec_mismatch(old, spec)
+            why = spec_mismatch(old, spec)
             if why:
                 raise StoreError(
                     f"{root.store}: stream '{spec.name}' was written with other settings ({why});"
-                    " use another store or stream name"
+                    " pass --overwrite to replace the stream, or use another store"
                 )
         else:
             self.group = root.require_group(path)
@@ -328,9 +426,7 @@ class StreamWriter:
         self._remove_orphans()
         existing = [int(k) for k in self._parts.group_keys()]
         self._next_part = max(existing, default=-1) + 1
-        self._buffer: list[_Pending] = []
-        self._failures: dict[int, str] = {}
-        self._buffer_bytes = 0
+        self._builder: PartBuilder | None = None
         self.committed_now = 0
         self.failed_now = 0
 
@@ -341,6 +437,12 @@ class StreamWriter:
             if int(key) not in referenced:
                 del self._parts[key]
 
+    def reserve_part(self) -> int:
+        """A fresh part number (for this writer or a parallel worker's PartBuilder)."""
+        k = self._next_part
+        self._next_part += 1
+        return k
+
     def status(self, row: int) -> S.Status:
         return S.Status(int(self.index[row, 0]))
 
@@ -349,83 +451,54 @@ class StreamWriter:
         done = {S.Status.COMMITTED} if retry_failed else {S.Status.COMMITTED, S.Status.FAILED}
         return [r for r in rows if self.status(r) not in done]
 
-    def add(self, row: int, data: np.ndarray, timestamps: np.ndarray, **fields: np.ndarray) -> None:
+    def _current(self) -> PartBuilder:
+        if self._builder is None:
+            self._builder = PartBuilder(self.group, self.spec, self.reserve_part())
+        return self._builder
+
+    def add(
+        self, row: int, data: np.ndarray, timestamps: np.ndarray, *, note: str = "", **fields: np.ndarray
+    ) -> None:
         """Buffer one sample's frames; commits a part when the buffer is full."""
-        data = np.asarray(data)
-        if tuple(data.shape[1:]) != self.spec.frame_shape:
-            raise ValueError(f"{self.spec.name}: frame shape {data.shape[1:]} != {self.spec.frame_shape}")
-        timestamps = np.asarray(timestamps, dtype=np.float64)
-        if timestamps.shape != (data.shape[0],):
-            raise ValueError(f"{self.spec.name}: {len(timestamps)} timestamps for {len(data)} frames")
-        if set(fields) != set(self.spec.fields):
-            raise ValueError(f"{self.spec.name}: fields {sorted(fields)} != {sorted(self.spec.fields)}")
-        with np.errstate(over="ignore"):  # overflow is detected and refused just below
-            stored = data.astype(self.spec.dtype, copy=False)
-        if stored.dtype == np.float16 and data.dtype != np.float16 and data.size:
-            _check_half(self.spec.name, data, stored)
-        conv = {}
-        for k, v in fields.items():
-            fs = self.spec.fields[k]
-            conv[k] = np.asarray(v, dtype=fs["dtype"]).reshape(len(data), *fs["shape"])
-        self._buffer.append(_Pending(row, stored, timestamps, conv))
-        self._buffer_bytes += data.nbytes
-        if len(self._buffer) + len(self._failures) >= self.part_size or (
-            self._buffer_bytes >= self.part_bytes
-        ):
+        b = self._current()
+        b.add(row, data, timestamps, note=note, **fields)
+        if len(b) >= self.part_size or b.nbytes >= self.part_bytes:
             self.flush()
 
     def fail(self, row: int, reason: str) -> None:
         """Record that ``row`` cannot be extracted (status ``failed`` with ``reason``)."""
-        self._failures[row] = " ".join(str(reason).split())
-        if len(self._buffer) + len(self._failures) >= self.part_size:
+        b = self._current()
+        b.fail(row, reason)
+        if len(b) >= self.part_size:
             self.flush()
 
     def flush(self) -> None:
         """Write the buffered samples as a new part, then commit it in the index."""
-        if not self._buffer and not self._failures:
+        if self._builder is None or not len(self._builder):
             return
-        k = self._next_part
-        self._next_part += 1
-        buf = self._buffer
-        lengths = [len(p.data) for p in buf]
-        stops = np.cumsum(lengths, dtype=np.int64)
-        starts = stops - np.asarray(lengths, dtype=np.int64)
-        n_frames = int(stops[-1]) if buf else 0
-        part = self._parts.create_group(S.part_name(k))
-        part.attrs.update(
-            {
-                "rows": [p.row for p in buf],
-                "failures": {str(r): why for r, why in self._failures.items()},
-                "n_frames": n_frames,
-                "written": _now(),
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            }
-        )
-        chunk_rows = max(1, S.TARGET_CHUNK_BYTES // max(1, self.spec.frame_bytes))
-        empty = np.zeros((0, *self.spec.frame_shape), dtype=self.spec.dtype)
-        data = np.concatenate([p.data for p in buf]) if buf else empty
-        write_array(part, S.DATA, data, chunk_rows=chunk_rows)
-        ts = np.concatenate([p.timestamps for p in buf]) if buf else np.zeros(0)
-        write_array(part, S.TIMESTAMPS, ts, chunk_rows=1 << 16)
-        for name, fs in self.spec.fields.items():
-            vals = (
-                np.concatenate([p.fields[name] for p in buf])
-                if buf
-                else np.zeros((0, *fs["shape"]), dtype=fs["dtype"])
-            )
-            write_array(part, name, vals, chunk_rows=1 << 16)
-        # Commit point: one atomic rewrite of the one-chunk index.
+        result = self._builder.write()
+        self._builder = None
+        self.commit(result)
+
+    def commit(self, result: PartResult) -> None:
+        """Commit point: one atomic rewrite of the one-chunk index."""
+        if not result.entries and not result.failures:
+            return
         index = self.index.copy()
-        for p, a, b in zip(buf, starts, stops, strict=True):
-            index[p.row] = (S.Status.COMMITTED, k, a, b)
-        for r in self._failures:
-            index[r] = (S.Status.FAILED, k, 0, 0)
+        for row, a, b in result.entries:
+            index[row] = (S.Status.COMMITTED, result.part, a, b)
+        for r in result.failures:
+            index[r] = (S.Status.FAILED, result.part, 0, 0)
         self.group[S.INDEX][...] = index
         self.index = index
-        self.committed_now += len(buf)
-        self.failed_now += len(self._failures)
-        self._buffer, self._failures, self._buffer_bytes = [], {}, 0
+        self.committed_now += len(result.entries)
+        self.failed_now += len(result.failures)
+
+    def discard(self, result: PartResult) -> None:
+        """Delete a written part that will not be committed (an empty one)."""
+        key = S.part_name(result.part)
+        if key in self._parts:
+            del self._parts[key]
 
     def close(self) -> None:
         """Flush and append this run to the stream's history."""

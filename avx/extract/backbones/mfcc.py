@@ -15,7 +15,7 @@ from typing import Any
 import librosa
 import numpy as np
 
-from avx.errors import MediaError
+from avx.errors import AvxError, MediaError
 from avx.extract.backbones import BACKBONES, AudioBackbone
 
 
@@ -84,8 +84,27 @@ class MFCC(AudioBackbone):
 
 
 @BACKBONES.register("mfcc")
-def create(tag: str = "", weights: str | None = None, device: str = "cpu") -> MFCC:
-    return MFCC(PRESETS[tag], name=f"mfcc.{tag}" if tag else "mfcc")
+def create(tag: str = "", weights: str | None = None, runtime: object = None, **opts: Any) -> MFCC:
+    base = asdict(PRESETS[tag])
+    if unknown := set(opts) - set(base):
+        raise AvxError(f"mfcc: unknown option(s) {sorted(unknown)}; valid: {sorted(base)}")
+    kinds = {k: type(v) if v is not None else float for k, v in base.items()}
+    config = MFCCConfig(
+        **{
+            **base,
+            **{k: kinds[k](v) if k != "center" else str(v).lower() in {"1", "true"} for k, v in opts.items()},
+        }
+    )
+    return MFCC(config, name=f"mfcc.{tag}" if tag else "mfcc")
 
 
 create.presets = PRESETS  # type: ignore[attr-defined]
+create.info = {  # type: ignore[attr-defined]
+    "": {
+        "modality": "audio",
+        "shape": "[T, 40]",
+        "rate": "100 Hz",
+        "weights": "none (hand-crafted, librosa)",
+    },
+    "sfav": {"shape": "[T, 10]", "rate": "43.07 Hz (22,050 / 512)"},
+}

@@ -1,0 +1,233 @@
+"""Self-supervised speech models through transformers: wav2vec2, WavLM, HuBERT.
+
+Every hidden state is stored, ``[frames, L+1, D]`` (25 × 1024 for large models): index
+0 is the transformer's input (CNN features after projection and the positional
+convolution), index ``l`` the output of transformer layer ``l``. Methods that learn a
+weighted sum of layers (the two-stage paper's LW-Sum) or cut the model (VAVL keeps
+wav2vec2-large-robust's first 12 layers) read what they need from one stream;
+``layers=0,12,24`` stores a subset. Frames are 20 ms apart (50 Hz) and stamped at the
+centre of their 25 ms receptive field.
+
+``--weights`` is any HF hub id (network on first use, then the HF cache) or a local
+``save_pretrained`` folder; presets name the checkpoints the papers used. The waveform
+is normalised to zero mean / unit variance when the checkpoint's feature extractor
+says so (``do_normalize``; models with layer-norm feature encoders were trained that way).
+
+Precision: always float32. One clip per forward pass is launch-bound on a GPU, and
+float16 autocast measured *slower* there (H100, wav2vec2-large size, 4 s clip: 24.8 ms
+with AMP against 19.4 ms without), so ``--amp`` does not apply to these models.
+
+Long audio: clips up to ``window`` seconds (60 by default, longer than any utterance in
+the supported corpora) go through the model whole, exactly as the model defines.
+Longer clips are cut into windows with ``context`` seconds of extra audio on each side
+whose frames are dropped. For layer-norm feature encoders (the large checkpoints) the
+transformer input (index 0) then equals a whole-clip pass to float tolerance; group-norm
+encoders (the base checkpoints) normalise over their whole input, and transformer
+layers attend over it, so those are an approximation. ``window``/``context`` are recorded in provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from avx.errors import AvxError, MediaError
+from avx.extract.backbones import BACKBONES
+from avx.extract.backbones.base import AudioBackbone, Runtime, seeded
+from avx.extract.weights import hub_snapshot, resolve_weights, sha256_folder
+
+SAMPLE_RATE = 16_000
+STRIDE, FIELD = 320, 400  # total CNN stride and receptive field in samples (all three families)
+
+ARCHS = {"wav2vec2": "wav2vec2", "wavlm": "wavlm", "hubert": "hubert"}
+DEFAULT_WEIGHTS = {
+    "wav2vec2": "facebook/wav2vec2-base",
+    "wavlm": "microsoft/wavlm-base-plus",
+    "hubert": "facebook/hubert-base-ls960",
+}
+PRESETS = {
+    # registry name: (architecture, default weights)
+    "wavlm-large": ("wavlm", "microsoft/wavlm-large"),
+    "wavlm-base-plus": ("wavlm", "microsoft/wavlm-base-plus"),
+    "wav2vec2-large-robust": ("wav2vec2", "facebook/wav2vec2-large-robust"),
+    "wav2vec2-base": ("wav2vec2", "facebook/wav2vec2-base"),
+    "hubert-large": ("hubert", "facebook/hubert-large-ll60k"),
+}
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    window: float = 60.0
+    context: float = 5.0
+
+
+def _parse_layers(value: Any, n_layers: int) -> list[int]:
+    """``"all"``, ``"0,12,24"``, ``"0-12"`` or a list -> sorted unique layer indices."""
+    if value is None or value == "all":
+        return list(range(n_layers + 1))
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    out: set[int] = set()
+    for item in items:
+        s = str(item).strip()
+        a, sep, b = s.partition("-")
+        try:
+            out |= set(range(int(a), int(b) + 1)) if sep else {int(s)}
+        except ValueError:
+            raise AvxError(f"layers: cannot parse '{s}' (use all, 0,12,24 or 0-12)") from None
+    bad = [i for i in out if not 0 <= i <= n_layers]
+    if bad:
+        raise AvxError(f"layers {sorted(bad)} out of range: this model has hidden states 0..{n_layers}")
+    return sorted(out)
+
+
+def _load_model(arch: str, spec: str | None, default: str, name: str) -> tuple[Any, dict[str, Any], bool]:
+    """(model, weights provenance, do_normalize) for ``spec``."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    src = resolve_weights(spec, default=default, backbone=name)
+    if src.kind == "random-init":
+        from transformers import (
+            HubertConfig,
+            HubertModel,
+            Wav2Vec2Config,
+            Wav2Vec2Model,
+            WavLMConfig,
+            WavLMModel,
+        )
+
+        cls = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "wavlm": (WavLMConfig, WavLMModel)}.get(
+            arch, (HubertConfig, HubertModel)
+        )
+        with seeded():
+            model = cls[1](cls[0]())
+        return model, src.provenance(), model.config.feat_extract_norm == "layer"
+    if src.kind not in ("folder", "hub"):
+        raise AvxError(f"{name}: weights '{src.spec}' must be a HF hub id or a save_pretrained folder")
+    try:
+        config = AutoConfig.from_pretrained(src.spec)
+    except Exception as e:
+        raise AvxError(f"{src.spec}: cannot load a transformers config ({type(e).__name__})") from None
+    if config.model_type != ARCHS[arch]:
+        raise AvxError(f"{src.spec}: a '{config.model_type}' checkpoint, not {arch}; use that backbone name")
+    model = AutoModel.from_pretrained(src.spec)
+    folder = src.path if src.kind == "folder" else hub_snapshot(src.spec)
+    normalize = config.feat_extract_norm == "layer"
+    if folder is not None and (folder / "preprocessor_config.json").exists():
+        normalize = bool(
+            json.loads((folder / "preprocessor_config.json").read_text()).get("do_normalize", normalize)
+        )
+    sha = sha256_folder(folder) if folder is not None else None
+    return model, src.provenance(sha), normalize
+
+
+class SpeechSSL(AudioBackbone):
+    """wav2vec2 / WavLM / HuBERT hidden states, per 20 ms frame."""
+
+    sample_rate = SAMPLE_RATE
+    frame_rate = SAMPLE_RATE / STRIDE
+    layer_axis = 0
+    expects = "HF hub id or save_pretrained folder"
+
+    def __init__(
+        self,
+        name: str,
+        arch: str,
+        weights: str | None,
+        runtime: Runtime,
+        *,
+        default: str,
+        layers: Any = "all",
+        window: float = 60.0,
+        context: float = 5.0,
+    ) -> None:
+        self.name, self.arch, self.runtime = name, arch, runtime
+        model, self.weights, self.normalize = _load_model(arch, weights, default, name)
+        self.model = model.eval().to(runtime.device)
+        cfg = model.config
+        self.layers = _parse_layers(layers, cfg.num_hidden_layers)
+        self.frame_shape = (len(self.layers), cfg.hidden_size)
+        self.win = WindowConfig(float(window), float(context))
+        if self.win.window <= 2 * self.win.context or self.win.context < 0:
+            raise AvxError(f"{name}: window ({window} s) must exceed 2 × context ({context} s)")
+        self.model_type = cfg.model_type
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "backbone": self.name,
+            "architecture": f"transformers {self.model_type}",
+            **self.weights,
+            "layers": self.layers,
+            "layer_meaning": "0 = transformer input (CNN + projection + positional conv); l = layer l output",
+            "sample_rate": SAMPLE_RATE,
+            "normalize_waveform": self.normalize,
+            "window_s": self.win.window,
+            "context_s": self.win.context,
+            "timestamps": "centre of each frame's 25 ms receptive field, 20 ms apart",
+            "precision": "float32",
+        }
+
+    def n_frames(self, n_samples: int) -> int:
+        return 0 if n_samples < FIELD else 1 + (n_samples - FIELD) // STRIDE
+
+    @torch.inference_mode()
+    def _forward(self, wav: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(wav)).to(self.runtime.device)[None]
+        hs = self.model(x, output_hidden_states=True).hidden_states
+        return torch.stack([hs[i][0] for i in self.layers], dim=1).float().cpu().numpy()
+
+    def __call__(self, waveform: np.ndarray, *, source: str = "") -> tuple[np.ndarray, np.ndarray]:
+        n = self.n_frames(len(waveform))
+        if n == 0:
+            raise MediaError(
+                f"{source or 'audio'}: too short ({len(waveform) / SAMPLE_RATE:.4f} s < one"
+                f" {FIELD / SAMPLE_RATE:.3f} s frame)"
+            )
+        wav = waveform.astype(np.float32)
+        if self.normalize:
+            wav = (wav - wav.mean()) / np.sqrt(wav.var() + 1e-7)
+        if len(wav) <= self.win.window * SAMPLE_RATE:
+            feats = self._forward(wav)
+        else:
+            feats = np.zeros((n, *self.frame_shape), np.float32)
+            core = int(self.win.window - 2 * self.win.context) * SAMPLE_RATE // STRIDE  # frames per window
+            ctx = int(self.win.context * SAMPLE_RATE) // STRIDE
+            for f0 in range(0, n, core):
+                f1 = min(n, f0 + core)
+                a = max(0, f0 - ctx)  # first frame computed, aligned to the frame grid
+                b = min(n, f1 + ctx)
+                chunk = self._forward(wav[a * STRIDE : (b - 1) * STRIDE + FIELD])
+                feats[f0:f1] = chunk[f0 - a : f1 - a]
+        times = (np.arange(n) * STRIDE + FIELD / 2) / SAMPLE_RATE
+        return feats[:n], times
+
+
+def _factory(arch: str, default: str, registry_name: str) -> Any:
+    def create(
+        tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
+    ) -> SpeechSSL:
+        return SpeechSSL(registry_name, arch, weights, runtime or Runtime.create(), default=default, **opts)
+
+    create.__doc__ = f"{registry_name}: {arch} hidden states (default weights {default})."
+    shape = "[T, 25, 1024]" if "large" in registry_name else "[T, L+1, D] (base: 13 × 768)"
+    create.info = {  # type: ignore[attr-defined]
+        "": {
+            "modality": "audio",
+            "shape": shape,
+            "rate": "50 Hz",
+            "weights": f"HF id or folder (default {default})",
+        }
+    }
+    return create
+
+
+for _arch, _default in DEFAULT_WEIGHTS.items():
+    BACKBONES.register(_arch)(_factory(_arch, _default, _arch))
+for _name, (_arch, _default) in PRESETS.items():
+    BACKBONES.register(_name)(_factory(_arch, _default, _name))
