@@ -236,10 +236,7 @@ def iter_frames(
                 t0 = t if t0 is None else t0
                 last_t = t
                 n_decoded += 1
-                for item, ts in sel.push(frame, t - t0):
-                    buf.append(
-                        (item.to_ndarray(format="rgb24") if not isinstance(item, np.ndarray) else item, ts)
-                    )
+                buf += [(f.to_ndarray(format="rgb24"), ts) for f, ts in sel.push(frame, t - t0)]
                 if len(buf) >= chunk:
                     yield _stack(buf)
                     buf = []
@@ -247,10 +244,7 @@ def iter_frames(
                     break
             if segment is None and not sel.done and n_decoded:
                 _check_complete(path, c, stream, last_t - t0)
-            for item, ts in sel.finish():
-                buf.append(
-                    (item.to_ndarray(format="rgb24") if not isinstance(item, np.ndarray) else item, ts)
-                )
+            buf += [(f.to_ndarray(format="rgb24"), ts) for f, ts in sel.finish()]
     except MediaError:
         raise
     except Exception as e:

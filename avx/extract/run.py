@@ -60,7 +60,7 @@ from avx.extract.faces import FACE_FIELDS, FaceConfig, FacePipeline
 from avx.extract.media import Audio, decode_audio, iter_frames, resample
 from avx.store_schema import spec as S
 from avx.store_schema.locks import lock_streams
-from avx.store_schema.reader import Stream, list_streams
+from avx.store_schema.reader import Stream
 from avx.store_schema.writer import (
     PartBuilder,
     PartResult,
@@ -280,7 +280,7 @@ class Task:
     """One chunk of rows: for each stream, the rows it needs and its reserved part."""
 
     rows: list[int]
-    todo: dict[str, list[int]]
+    todo: dict[str, set[int]]
     parts: dict[str, int]
 
 
@@ -428,7 +428,7 @@ class ChunkRunner:
         n_batch = 0
         for prep in self._prefetch(task):
             sid = str(self.ids[prep.row])
-            self._run_audio(prep, task, builders, sid)
+            self._run_audio(prep, task, builders)
             self._run_text(prep, task, builders, sid)
             if prep.video_error is not None:
                 for name in [S.FACES, *(b.stream_name for b in self.visual)]:
@@ -447,7 +447,7 @@ class ChunkRunner:
         self._run_visual(batch, task, builders)
         return {name: b.write() for name, b in builders.items() if len(b)}
 
-    def _run_audio(self, prep: _Prepared, task: Task, builders: dict[str, PartBuilder], sid: str) -> None:
+    def _run_audio(self, prep: _Prepared, task: Task, builders: dict[str, PartBuilder]) -> None:
         for b in self.audio:
             name = b.stream_name
             if prep.row not in task.todo.get(name, ()):
@@ -630,7 +630,7 @@ def extract(
         tasks = []
         for a in range(0, len(todo), max(1, options.part_size)):
             chunk = todo[a : a + options.part_size]
-            per = {n: [r for r in chunk if r in todo_by[n]] for n in specs}
+            per = {n: todo_by[n].intersection(chunk) for n in specs}
             per = {n: rs for n, rs in per.items() if rs}
             tasks.append(Task(chunk, per, {n: writers[n].reserve_part() for n in per}))
         frames = {n: 0 for n in specs}
@@ -708,7 +708,3 @@ def _run_dask(
         client.close()
         if cluster is not None and not options.scheduler:
             cluster.close()
-
-
-def stream_names_in(path: str | Path) -> list[str]:
-    return list_streams(open_root(local_path(path)))

@@ -35,6 +35,13 @@ class WeightsSource:
             return {"weights": RANDOM_INIT, "weights_sha256": RANDOM_INIT}
         return {"weights": self.spec, "weights_kind": self.kind, "weights_sha256": sha256}
 
+    def local_folder(self) -> Path | None:
+        """Where this source's files are on disk: the folder itself, or a hub id's HF-cache
+        snapshot (None when not downloaded, or not a folder-like source)."""
+        if self.kind == "folder":
+            return self.path
+        return hub_snapshot(self.spec) if self.kind == "hub" else None
+
 
 def resolve_weights(
     spec: str | None, *, default: str | None, backbone: str, expects: str = ""

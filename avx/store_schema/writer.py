@@ -494,12 +494,6 @@ class StreamWriter:
         self.committed_now += len(result.entries)
         self.failed_now += len(result.failures)
 
-    def discard(self, result: PartResult) -> None:
-        """Delete a written part that will not be committed (an empty one)."""
-        key = S.part_name(result.part)
-        if key in self._parts:
-            del self._parts[key]
-
     def close(self) -> None:
         """Flush and append this run to the stream's history."""
         self.flush()

@@ -81,7 +81,7 @@ def backbone_info() -> list[BackboneInfo]:
         info = getattr(BACKBONES.get(arch), "info", {})
         for t in _presets(arch):
             name = f"{arch}.{t}" if t else arch
-            d = {**info.get("", {}), **info.get(t, {})} if isinstance(info.get(""), dict) else info
+            d = {**info.get("", {}), **info.get(t, {})}  # a preset overrides the plain entry
             out.append(
                 BackboneInfo(
                     name,

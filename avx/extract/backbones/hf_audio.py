@@ -38,7 +38,7 @@ import torch
 from avx.errors import AvxError, MediaError
 from avx.extract.backbones import BACKBONES
 from avx.extract.backbones.base import AudioBackbone, Runtime, seeded
-from avx.extract.weights import hub_snapshot, resolve_weights, sha256_folder
+from avx.extract.weights import resolve_weights, sha256_folder
 
 SAMPLE_RATE = 16_000
 STRIDE, FIELD = 320, 400  # total CNN stride and receptive field in samples (all three families)
@@ -102,11 +102,13 @@ def _load_model(arch: str, spec: str | None, default: str, name: str) -> tuple[A
             WavLMModel,
         )
 
-        cls = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "wavlm": (WavLMConfig, WavLMModel)}.get(
-            arch, (HubertConfig, HubertModel)
-        )
+        config_cls, model_cls = {
+            "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+            "wavlm": (WavLMConfig, WavLMModel),
+            "hubert": (HubertConfig, HubertModel),
+        }[arch]
         with seeded():
-            model = cls[1](cls[0]())
+            model = model_cls(config_cls())
         return model, src.provenance(), model.config.feat_extract_norm == "layer"
     if src.kind not in ("folder", "hub"):
         raise AvxError(f"{name}: weights '{src.spec}' must be a HF hub id or a save_pretrained folder")
@@ -117,7 +119,7 @@ def _load_model(arch: str, spec: str | None, default: str, name: str) -> tuple[A
     if config.model_type != ARCHS[arch]:
         raise AvxError(f"{src.spec}: a '{config.model_type}' checkpoint, not {arch}; use that backbone name")
     model = AutoModel.from_pretrained(src.spec)
-    folder = src.path if src.kind == "folder" else hub_snapshot(src.spec)
+    folder = src.local_folder()
     normalize = config.feat_extract_norm == "layer"
     if folder is not None and (folder / "preprocessor_config.json").exists():
         normalize = bool(

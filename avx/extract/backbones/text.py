@@ -14,7 +14,6 @@ reason; a corpus with no ``transcript`` column at all is refused before the run.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from avx.errors import AvxError, MediaError
 from avx.extract.backbones import BACKBONES
 from avx.extract.backbones.base import Runtime, TextBackbone
-from avx.extract.weights import hub_snapshot, resolve_weights, sha256_folder
+from avx.extract.weights import resolve_weights, sha256_file, sha256_folder
 
 PRESETS = {"": "tokens", "pooled": "pooled"}
 
@@ -52,21 +51,15 @@ class TransformerText(TextBackbone):
             model = AutoModel.from_pretrained(src.spec)
         except Exception as e:
             raise AvxError(f"{src.spec}: cannot load tokenizer and model ({type(e).__name__}: {e})") from None
-        folder = src.path if src.kind == "folder" else hub_snapshot(src.spec)
+        folder = src.local_folder()
         self.weights = src.provenance(sha256_folder(folder) if folder is not None else None)
         self.model = model.eval().to(runtime.device)
         self.model_type = model.config.model_type
         self.frame_shape = (model.config.hidden_size,)
         self.frame_rate = None
         vocab = folder / "vocab.txt" if folder is not None else None
-        self.vocab_sha = None
-        if vocab is not None and vocab.exists():
-            from avx.extract.weights import sha256_file
-
-            self.vocab_sha = sha256_file(vocab)
-        self.tokenizer_config = json.loads(
-            json.dumps(getattr(self.tokenizer, "init_kwargs", {}), default=str)
-        )
+        self.vocab_sha = sha256_file(vocab) if vocab is not None and vocab.exists() else None
+        self.lowercase = bool(getattr(self.tokenizer, "init_kwargs", {}).get("do_lower_case", False))
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -78,7 +71,7 @@ class TransformerText(TextBackbone):
             "layer": self.layer,
             "max_length": self.max_length,
             "tokenizer": type(self.tokenizer).__name__,
-            "tokenizer_lowercase": bool(self.tokenizer_config.get("do_lower_case", False)),
+            "tokenizer_lowercase": self.lowercase,
             "vocab_sha256": self.vocab_sha,
             "timestamps": "NaN (no word timings)",
             "precision": self.runtime.precision,
