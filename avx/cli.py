@@ -289,56 +289,281 @@ def _print_backbones() -> None:
     out.print(table)
 
 
+def _kv(items: list[str] | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for kv in items or []:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise AvxError(f"--set takes KEY=VALUE, got '{kv}'")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _floats(values: list[str] | None) -> list[float]:
+    return [float(v) for v in _split_csv(values)]
+
+
+Opt = Optional  # typer needs Optional (not X | None) inside Annotated options
+
+
 @fuse_app.command("train")
 def fuse_train(
     store: Annotated[str, typer.Option(help="Store path or URL.")],
-    method: Annotated[str, typer.Option(help="Fusion method (see `avx list methods`).")],
-    streams: Annotated[str, typer.Option(help="Comma-separated streams, e.g. audio/mfcc,video/mobilenetv2.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory for metrics, config, checkpoint.")],
-    labels: Annotated[str, typer.Option(help="voice | face | av | intended | consensus.")] = "av",
-    task: Annotated[str, typer.Option(help="multiclass.")] = "multiclass",
+    method: Annotated[str, typer.Option(help="Fusion method (see `avx fuse methods`).")],
+    streams: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated streams; layers with @: audio/wavlm-large@all,video/efficientface."
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Run directory (or trials directory with --trials).")
+    ],
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="voice | face | av | intended | consensus | a dimension (valence[,arousal]) | multilabel."
+        ),
+    ] = "av",
+    task: Annotated[str, typer.Option(help="multiclass | multilabel | regression.")] = "multiclass",
+    level: Annotated[str, typer.Option(help="Dimensional targets: auto | sequence | frame.")] = "auto",
+    soft_targets: Annotated[bool, typer.Option(help="Multilabel: train on the vote distribution.")] = False,
+    bins: Annotated[str, typer.Option(help="Thresholds binning a dimension into 3 classes.")] = "-0.05,0.05",
+    length: Annotated[
+        Opt[list[str]], typer.Option(help="Length policy: truncate:N | pad:N | resample:N, or STREAM=POLICY.")
+    ] = None,
+    align: Annotated[
+        Opt[str], typer.Option(help="labels | STREAM | rate:R (default: as the method needs).")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and batch order.")] = 0,
+    optimizer: Annotated[str, typer.Option(help="adam | adamw | sgd.")] = "adam",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 1e-4,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    scheduler: Annotated[
+        str, typer.Option(help="none | cosine-restarts | warmup-cosine | step | plateau.")
+    ] = "none",
+    t0: Annotated[int, typer.Option(help="cosine-restarts: first period (epochs).")] = 1,
+    t_mult: Annotated[int, typer.Option(help="cosine-restarts: period multiplier.")] = 2,
+    warmup: Annotated[int, typer.Option(help="warmup-cosine: warm-up epochs.")] = 1,
+    step_size: Annotated[int, typer.Option(help="step: epochs per decay; plateau: patience.")] = 10,
+    gamma: Annotated[float, typer.Option(help="step / plateau decay factor.")] = 0.1,
+    grad_clip: Annotated[float, typer.Option(help="Max gradient L2 norm (0: off).")] = 0.0,
+    patience: Annotated[
+        int, typer.Option(help="Early stopping on dev after N epochs without gain (0: off).")
+    ] = 0,
+    select_metric: Annotated[
+        Opt[str], typer.Option(help="Dev metric for model selection (default per task).")
+    ] = None,
+    class_weights: Annotated[str, typer.Option(help="none | inverse | effective[:beta].")] = "none",
+    sampling: Annotated[str, typer.Option(help="none | over | under (multiclass).")] = "none",
+    regression_loss: Annotated[str, typer.Option(help="ccc | ccc+mse | mse | l1.")] = "ccc",
+    threshold: Annotated[
+        Opt[str],
+        typer.Option(help="Multilabel decision: default share > 1/C; a probability; or 'tune' on dev."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, batch order and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    amp: Annotated[bool, typer.Option(help="float16 autocast on CUDA.")] = False,
     protocol: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="Evaluation protocol stored in the store (default: the store's default)."),
+        Opt[str], typer.Option(help="Stored evaluation protocol (default: the store's).")
     ] = None,
     fold: Annotated[int, typer.Option(help="Fold of the protocol.")] = 0,
+    trials: Annotated[int, typer.Option(help="Run folds 0..K-1 and write a mean ± std table.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from RUN/last.pt.")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Log to RUN/tensorboard.")] = False,
+    memory_gb: Annotated[
+        float, typer.Option(help="Load features once when smaller, else stream by chunks.")
+    ] = 8.0,
     option: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option("--set", help="Method option KEY=VALUE (JSON value), e.g. --set hidden_size=64."),
+        Opt[list[str]],
+        typer.Option("--set", help="Method option KEY=VALUE (JSON value), e.g. --set hidden=64."),
     ] = None,
 ) -> None:
-    """Train a fusion method; writes RUN/metrics.json, RUN/config.json and RUN/model.pt."""
+    """Train a fusion method; writes RUN/metrics.json, config.json, model.pt, predictions.csv."""
     from avx.fuse.data import DataConfig
-    from avx.fuse.train import TrainConfig, metrics_rows, results_table, train
+    from avx.fuse.runs import markdown, run_trials, trials_table
+    from avx.fuse.train import TrainConfig, train
 
-    method_config = {}
-    for kv in option or []:
-        k, _, v = kv.partition("=")
+    lo, _, hi = bins.partition(",")
+    thr: float | str | None = threshold
+    if threshold not in (None, "tune"):
         try:
-            method_config[k] = json.loads(v)
-        except json.JSONDecodeError:
-            method_config[k] = v
+            thr = float(threshold)
+        except ValueError:
+            raise AvxError(f"--threshold takes a number or 'tune', not '{threshold}'") from None
     config = TrainConfig(
         store=store,
         method=method,
         data=DataConfig(
-            streams=_split_csv([streams]), labels=labels, task=task, protocol=protocol, fold=fold
+            streams=_split_csv([streams]),
+            labels=labels,
+            task=task,
+            level=level,
+            bins=(float(lo), float(hi)),
+            soft_targets=soft_targets,
+            protocol=protocol,
+            fold=fold,
+            length=tuple(length or ()),
+            align=align,
+            memory_gb=memory_gb,
         ),
         epochs=epochs,
         batch_size=batch_size,
+        optimizer=optimizer,
         lr=lr,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        scheduler=scheduler,
+        t0=t0,
+        t_mult=t_mult,
+        warmup=warmup,
+        step_size=step_size,
+        gamma=gamma,
+        grad_clip=grad_clip,
+        patience=patience,
+        select_metric=select_metric,
+        class_weights=class_weights,
+        sampling=sampling,
+        regression_loss=regression_loss,
+        threshold=thr,
         seed=seed,
         device=device,
-        method_config=method_config,
+        amp=amp,
+        tensorboard=tensorboard,
+        method_config=_kv(option),
     )
-    metrics = train(config, out_dir, console=err)
-    out.print(results_table(metrics_rows(metrics), title=f"{method} on {store} ({labels} labels)"))
-    out.print(f"wrote {out_dir}/metrics.json, config.json, model.pt")
+    if trials:
+        summary = run_trials(config, out_dir, trials, console=err, resume=resume)
+        out.print(markdown(trials_table(summary)), highlight=False)
+        out.print(f"wrote {out_dir}/trials.md, trials.csv, trials.json and fold-*/")
+        return
+    from avx.fuse.runs import metrics_table
+
+    metrics = train(config, out_dir, console=err, resume=resume)
+    out.print(metrics_table(metrics, title=f"{method} on {store} ({labels}, {task})"))
+    out.print(f"wrote {out_dir}/metrics.json, config.json, model.pt, predictions.csv")
+
+
+@fuse_app.command("eval")
+def fuse_eval(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `avx fuse train`.")],
+    store: Annotated[Opt[str], typer.Option(help="Evaluate on another store (default: the run's).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    missing: Annotated[
+        Opt[list[str]], typer.Option(help="Modality (audio|video|text) or stream absent.")
+    ] = None,
+    missing_as: Annotated[
+        Opt[str],
+        typer.Option(help="Present an absent modality as 'mask' or 'zeros' (default: the method's)."),
+    ] = None,
+    noise: Annotated[
+        Opt[list[str]], typer.Option(help="Modality or stream replaced by N(0,1) noise.")
+    ] = None,
+    snr: Annotated[Opt[float], typer.Option(help="With --noise: add noise at this SNR (dB) instead.")] = None,
+    mask_frames: Annotated[
+        Opt[list[str]], typer.Option(help="Zero this fraction of frames (0.1..0.9).")
+    ] = None,
+    occlude: Annotated[Opt[list[str]], typer.Option(help="Occlude this fraction of face crops.")] = None,
+    settings: Annotated[Opt[str], typer.Option(help="'av,a,v,mean': SFAV's table layout.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the perturbations.")] = 0,
+    ece_bins: Annotated[int, typer.Option(help="Equal-width confidence bins for ECE.")] = 15,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+) -> None:
+    """Score a run under test-time conditions; writes RUN/eval.json, eval.csv, eval.md."""
+    from avx.fuse.robustness import evaluate_run
+
+    sfav = False
+    if settings:
+        wanted = set(_split_csv([settings]))
+        if not wanted <= {"av", "a", "v", "mean"}:
+            raise AvxError(f"--settings takes av,a,v,mean; got '{settings}'")
+        sfav = True
+    res = evaluate_run(
+        run,
+        store=store,
+        split=split,
+        sfav=sfav,
+        device=device,
+        batch_size=batch_size,
+        seed=seed,
+        ece_bins=ece_bins,
+        missing=list(_split_csv(missing)),
+        missing_as=missing_as,
+        noise=list(_split_csv(noise)),
+        snr=snr,
+        mask_frames=_floats(mask_frames),
+        occlude=_floats(occlude),
+        console=err,
+    )
+    out.print(res["markdown"], highlight=False)
+    out.print(f"wrote {run}/eval.json, eval.csv, eval.md")
+
+
+@fuse_app.command("predict")
+def fuse_predict(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `avx fuse train`.")],
+    store: Annotated[Opt[str], typer.Option(help="Store to predict on (default: the run's).")] = None,
+    out_dir: Annotated[
+        Opt[Path], typer.Option("--out", help="Output directory (default RUN/predict).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train | dev | test | all.")] = "all",
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+) -> None:
+    """Write predictions with per-stream outputs and per-frame fusion weights / uncertainties."""
+    from avx.fuse.robustness import predict_run
+
+    path = predict_run(run, store=store, out=out_dir, split=split, device=device, batch_size=batch_size)
+    out.print(f"wrote {path}/predictions.csv, frames.npz")
+
+
+@fuse_app.command("compare")
+def fuse_compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run or trials directories; the first is the reference.")
+    ],
+    metric: Annotated[Opt[str], typer.Option(help="Metric (default: the task's headline metric).")] = None,
+    csv: Annotated[Opt[Path], typer.Option(help="Also write the table as CSV.")] = None,
+) -> None:
+    """Side-by-side test results with bootstrap CIs and paired t-test p-values vs the first run."""
+    from avx.fuse.runs import compare_runs, markdown
+
+    table = compare_runs(list(runs), metric)
+    out.print(markdown(table), highlight=False)
+    if csv:
+        table.to_csv(csv, index=False)
+
+
+TASK_ABBREV = {"multiclass": "class", "multilabel": "multi-label", "regression": "regression"}
+
+
+@fuse_app.command("methods")
+def fuse_methods() -> None:
+    """Registered fusion methods: tasks, number of streams, per-frame support."""
+    from rich.table import Table
+
+    from avx.fuse.methods import METHODS
+
+    table = Table(box=None)
+    for col in ("method", "tasks", "streams", "per-frame", "missing modality as"):
+        table.add_column(col, no_wrap=True)
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        hi = cls.max_streams if cls.max_streams is not None else "any"
+        table.add_row(
+            name,
+            ", ".join(TASK_ABBREV[t] for t in cls.tasks),
+            f"{cls.min_streams}..{hi}",
+            "yes" if cls.frame_level else "no",
+            cls.missing,
+        )
+    out.print(table)
 
 
 @corpus_app.command("list")
@@ -379,7 +604,7 @@ def demo_cmd(
     seed: Annotated[int, typer.Option(help="Seed for the corpus and the training run.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
 ) -> None:
-    """Generate the synthetic demo corpus, extract, validate, train late fusion, print results."""
+    """Generate the synthetic demo corpus, extract, validate, train late/context/MulT fusion, compare."""
     from avx.demo.pipeline import run_demo
 
     run_demo(out_dir, clips=clips, seed=seed, epochs=epochs, out=out, err=err)

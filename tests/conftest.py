@@ -51,5 +51,5 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_store(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted reference run: every stream of every demo clip."""
     store = tmp_path_factory.mktemp("stores") / "ref.zarr"
-    run_avx("extract", "--corpus", "cremad", "--root", demo_corpus, "--store", store, *EXTRACT_ARGS)
+    run_avx("extract", "--corpus", "avx-demo", "--root", demo_corpus, "--store", store, *EXTRACT_ARGS)
     return store

@@ -587,6 +587,7 @@ def test_every_registered_corpus_has_a_list_line() -> None:
     names = CORPORA.names()
     assert names == [
         "avec2019-ces",
+        "avx-demo",
         "cmu-mosei",
         "cremad",
         "iemocap",

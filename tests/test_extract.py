@@ -156,8 +156,8 @@ def test_bad_media_becomes_a_recorded_failure(demo_corpus: Path, tmp_path: Path)
         ),
         (
             ["--backbone", "mfcc", "--corpus", "nosuch"],
-            "unknown corpus 'nosuch'; valid: avec2019-ces, cmu-mosei, cremad, iemocap, m3ed, manifest,"
-            " msp-improv, ravdess",
+            "unknown corpus 'nosuch'; valid: avec2019-ces, avx-demo, cmu-mosei, cremad, iemocap, m3ed,"
+            " manifest, msp-improv, ravdess",
         ),
         (["--backbone", "mobilenetv2", "--weights", "/nope/w.pt"], "/nope/w.pt: weights file not found"),
     ],

@@ -1,101 +1,459 @@
-"""Fusion: data from the store, metrics against scikit-learn, reproducible training."""
+"""Fusion framework on a real extracted store: data, methods, trainer, evaluation, CLI."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+import zarr
 
 from avx.fuse.data import DataConfig, FusionData
-from avx.fuse.metrics import classification_report
-from avx.fuse.train import TrainConfig, train
+from avx.fuse.evaluate import Perturbation
+from avx.fuse.methods import METHODS
+from avx.fuse.robustness import predict_run
+from avx.fuse.train import Schedule, TrainConfig, Trainer, train
 from avx.store_schema import open_store
+from avx.store_schema.writer import StreamSpec, StreamWriter
 from tests.conftest import run_avx
 
 STREAMS = ("audio/mfcc", "video/mobilenetv2")
+SMALL = {"hidden": 16, "layers": 1}
+SMALL_BY_METHOD = {
+    "unimodal": SMALL,
+    "early": SMALL,
+    "late": SMALL,
+    "context": SMALL,
+    "mult": {"d_model": 16, "cross_depth": 1},
+    "tav": {"d_model": 16, "cross_depth": 1},
+    "tva": {"d_model": 16, "cross_depth": 1},
+}
 
 
-def test_metrics_match_scikit_learn() -> None:
-    rng = np.random.default_rng(0)
-    y, p = rng.integers(0, 6, 200), rng.integers(0, 5, 200)  # class 5 never predicted
-    r = classification_report(y, p)
-    assert r["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
-    assert r["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted"))
-    assert r["accuracy"] == pytest.approx(accuracy_score(y, p))
-    assert r["unweighted_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
-    assert r["n"] == 200
+def config(store: Path, method: str = "late", **kw) -> TrainConfig:
+    data = kw.pop("data", DataConfig(streams=STREAMS))
+    return TrainConfig(
+        store=str(store),
+        method=method,
+        data=data,
+        epochs=kw.pop("epochs", 2),
+        bootstrap=kw.pop("bootstrap", 0),
+        method_config=kw.pop("method_config", SMALL_BY_METHOD[method]),
+        **kw,
+    )
 
 
-def test_data_labels_padding_and_train_only_normalisation(demo_store: Path) -> None:
+@pytest.fixture(scope="module")
+def layered_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo store plus a 3-layer stream whose layer k is (k + 1) x the first 8 MFCCs."""
+    path = tmp_path_factory.mktemp("layered") / "s.zarr"
+    shutil.copytree(demo_store, path)
+    store = open_store(path)
+    mfcc = store.stream("audio/mfcc")
+    spec = StreamSpec(
+        "audio/layered", (3, 8), "float32", 100.0, layer_axis=0, provenance={"backbone": "test"}
+    )
+    w = StreamWriter(zarr.open_group(str(path), mode="r+"), spec, part_size=8)
+    for row, sid in enumerate(store.sample_ids):
+        x = mfcc[sid][:, :8]
+        w.add(row, np.stack([x * (k + 1) for k in range(3)], axis=1), mfcc.timestamps(sid))
+    w.close()
+    return path
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def test_labels_padding_and_train_only_normalisation(demo_store: Path) -> None:
     store = open_store(demo_store)
     data = FusionData(store, DataConfig(streams=STREAMS, labels="av"))
     hard = store.labels["av"].hard_labels()
-    assert data.n_unlabelled == int((hard < 0).sum())
-    assert len(data.ids) == int((hard >= 0).sum())
+    assert data.n_unlabelled == int((hard < 0).sum()) and len(data.ids) == int((hard >= 0).sum())
     train = data.indices("train")
     frames = np.concatenate([data.features["audio/mfcc"][i] for i in train])
     np.testing.assert_allclose(data.normalizer.mean["audio/mfcc"], frames.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(data.normalizer.std["audio/mfcc"], frames.std(0), rtol=1e-3, atol=1e-4)
     batch = next(data.batches("dev", 4))
     x, m = batch.inputs["audio/mfcc"], batch.masks["audio/mfcc"]
     lengths = [len(data.features["audio/mfcc"][i]) for i in data.indices("dev")[:4]]
-    assert m.sum(1).tolist() == lengths and x.shape[1] == max(lengths)
-    assert (x[~m] == 0).all()
-    intended = FusionData(store, DataConfig(streams=STREAMS, labels="intended"))
-    assert intended.n_unlabelled == 0
+    assert m.sum(1).tolist() == lengths and x.shape[1] == max(lengths) and (x[~m] == 0).all()
+    assert batch.targets.tolist() == hard[data.rows[data.indices("dev")[:4]]].tolist()
 
 
-def test_missing_stream_flows_through_with_presence_mask(demo_store: Path) -> None:
-    data = FusionData(open_store(demo_store), DataConfig(streams=STREAMS))
+def test_multilabel_regression_and_binned_targets(demo_store: Path) -> None:
+    store = open_store(demo_store)
+    ml = FusionData(store, DataConfig(streams=STREAMS, labels="voice", task="multilabel"))
+    assert ml.targets_all.values.shape == (len(store.samples), 6)
+    np.testing.assert_array_equal(ml.targets_all.values, store.labels["voice"].multihot)
+    soft = FusionData(
+        store, DataConfig(streams=STREAMS, labels="voice", task="multilabel", soft_targets=True)
+    )
+    assert np.allclose(soft.targets_all.values.sum(1), 1)
+    reg = FusionData(store, DataConfig(streams=STREAMS, labels="valence,arousal", task="regression"))
+    np.testing.assert_allclose(reg.targets_all.values, store.dimensions.scaled())
+    binned = FusionData(store, DataConfig(streams=STREAMS, labels="valence", task="multiclass"))
+    v = store.dimensions.scaled()[:, 0]
+    expected = np.where(v < -0.05, 0, np.where(v > 0.05, 2, 1))
+    np.testing.assert_array_equal(binned.targets_all.values, expected)
+    assert binned.names == ["low", "mid", "high"]
+
+
+def test_per_frame_targets_align_every_stream_to_label_times(demo_store: Path) -> None:
+    store = open_store(demo_store)
+    data = FusionData(store, DataConfig(streams=STREAMS, labels="arousal", task="regression", level="frame"))
+    assert data.frame_level and data.align == "labels"
     i = data.indices("train")[0]
-    data.features["video/mobilenetv2"][i] = None  # as for an audio-only clip
-    batch = data.collate(np.array([i, data.indices("train")[1]]), data.normalizer)
+    times = store.continuous.times[data.rows[i]]
+    for s in STREAMS:
+        assert len(data.features[s][i]) == len(times)
+    # The aligned video frame at a label time is the stored frame nearest to it.
+    video = store.stream("video/mobilenetv2")
+    sid = data.ids[i]
+    ts = video.timestamps(sid)
+    k = int(np.argmin(np.abs(ts - times[3])))
+    np.testing.assert_allclose(data.features["video/mobilenetv2"][i][3], video[sid][k])
+    batch = data.collate(np.array([i]))
+    assert batch.targets.shape == (1, len(times), 1) and batch.target_mask.sum() == len(times)
+
+
+def test_layer_selection_and_learned_mixing(layered_store: Path) -> None:
+    store = open_store(layered_store)
+    one = FusionData(store, DataConfig(streams=("audio/layered@2",)))
+    both = FusionData(store, DataConfig(streams=("audio/layered@0+2",)))
+    every = FusionData(store, DataConfig(streams=("audio/layered@all",)))
+    i = one.indices("train")[0]
+    np.testing.assert_allclose(one.features["audio/layered"][i], both.features["audio/layered"][i][:, 1])
+    np.testing.assert_allclose(
+        both.features["audio/layered"][i][:, 1], 3 * both.features["audio/layered"][i][:, 0]
+    )
+    assert every.info["audio/layered"].layers == 3 and one.info["audio/layered"].layers == 1
+    assert next(every.batches("train", 2)).inputs["audio/layered"].shape[2:] == (3, 8)
+    metrics = train(
+        config(layered_store, "unimodal", data=DataConfig(streams=("audio/layered@all",))),
+        layered_store.parent / "run",
+    )
+    state = torch.load(layered_store.parent / "run" / "model.pt", weights_only=False)["state_dict"]
+    weights = state["layer_mix.audio__layered.weights"]
+    assert weights.shape == (3,) and not torch.equal(weights, torch.zeros(3))  # learned
+    assert metrics["test"]["n"] > 0
+    with pytest.raises(Exception, match=r"has layers 0\.\.2"):
+        FusionData(store, DataConfig(streams=("audio/layered@5",)))
+
+
+def test_length_policies_and_alignment(demo_store: Path) -> None:
+    store = open_store(demo_store)
+    res = FusionData(store, DataConfig(streams=STREAMS, length=("resample:7",)))
+    pad = FusionData(store, DataConfig(streams=STREAMS, length=("audio/mfcc=pad:50",)))
+    b = next(res.batches("train", 3))
+    assert b.inputs["audio/mfcc"].shape[1] == 7 and b.masks["video/mobilenetv2"].all()
+    b = next(pad.batches("train", 3))
+    assert b.inputs["audio/mfcc"].shape[1] == 50
+    aligned = FusionData(store, DataConfig(streams=STREAMS), align=True)  # what early fusion asks for
+    i = aligned.indices("train")[0]
+    assert len(aligned.features["video/mobilenetv2"][i]) == len(aligned.features["audio/mfcc"][i])
+    pooled = FusionData(store, DataConfig(streams=STREAMS, align="rate:10"))
+    sid = pooled.ids[i]
+    assert (
+        abs(len(pooled.features["audio/mfcc"][i]) - 10 * store.stream("audio/mfcc").timestamps(sid)[-1]) <= 1
+    )
+    with pytest.raises(Exception, match="bad length policy"):
+        FusionData(store, DataConfig(streams=STREAMS, length=("squash:3",)))
+
+
+def test_streamed_reading_equals_in_memory(demo_store: Path) -> None:
+    store = open_store(demo_store)
+    mem = FusionData(store, DataConfig(streams=STREAMS))
+    streamed = FusionData(store, DataConfig(streams=STREAMS, memory_gb=0))
+    assert mem.in_memory and not streamed.in_memory and not streamed.features
+    for s in STREAMS:
+        np.testing.assert_allclose(mem.normalizer.mean[s], streamed.normalizer.mean[s], rtol=1e-5, atol=1e-6)
+    for a, b in zip(mem.batches("dev", 3), streamed.batches("dev", 3), strict=True):
+        assert a.ids == b.ids
+        for s in STREAMS:
+            torch.testing.assert_close(a.inputs[s], b.inputs[s], rtol=1e-4, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    seen = [i for b in streamed.batches("train", 4, shuffle=True, generator=g) for i in b.ids]
+    assert sorted(seen) == sorted(streamed.ids[streamed.indices("train")])
+
+
+def test_unpaired_samples_flow_through_and_train(demo_store: Path, tmp_path: Path) -> None:
+    data = FusionData(open_store(demo_store), DataConfig(streams=STREAMS))
+    train_idx = data.indices("train")
+    for i in train_idx[::2]:
+        data.features["video/mobilenetv2"][i] = None  # audio-only clips, as VAVL trains on
+    batch = data.collate(train_idx[:2])
     assert batch.present["video/mobilenetv2"].tolist() == [False, True]
     assert not batch.masks["video/mobilenetv2"][0].any()
+    trainer = Trainer(config(demo_store, "late"), tmp_path)
+    trainer.data.features["video/mobilenetv2"] = data.features["video/mobilenetv2"]
+    trainer.fit()
+    losses = [h["train_task"] for h in trainer.history]
+    assert all(np.isfinite(losses))
+    out = trainer.model(trainer.data.collate(train_idx[:2]))
+    assert out.fusion_weights[0].tolist() == pytest.approx([1.0, 0.0])  # a missing stream weighs 0
 
 
-def test_training_is_reproducible_per_seed(demo_store: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(store=str(demo_store), method="late-fusion", data=DataConfig(streams=STREAMS), epochs=4)
+# -- methods and trainer -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(SMALL_BY_METHOD))
+@pytest.mark.parametrize(
+    ("task", "labels"), [("multiclass", "av"), ("multilabel", "av"), ("regression", "valence,arousal")]
+)
+def test_every_baseline_trains_every_task(
+    demo_store: Path, tmp_path: Path, method: str, task: str, labels: str
+) -> None:
+    streams = STREAMS[:1] if method == "unimodal" else STREAMS
+    cfg = config(
+        demo_store, method, data=DataConfig(streams=streams, labels=labels, task=task, align="rate:10")
+    )
+    m = train(cfg, tmp_path)
+    key = {"multiclass": "macro_f1", "multilabel": "micro_f1", "regression": "ccc"}[task]
+    assert np.isfinite(m["test"][key]) and set(m["test"]["per_stream"]) == set(streams)
+    assert all(np.isfinite(h["train_task"]) for h in m["history"])
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    assert set(preds["split"]) == {"dev", "test"} and len(preds) == m["dev"]["n"] + m["test"]["n"]
+
+
+def test_three_streams(layered_store: Path, tmp_path: Path) -> None:
+    three = DataConfig(streams=(*STREAMS, "audio/layered@0"), align="rate:10")
+    for method in ("mult", "context", "late", "early"):
+        m = train(config(layered_store, method, data=three, epochs=1), tmp_path / method)
+        assert len(m["streams"]) == 3 and np.isfinite(m["test"]["macro_f1"])
+    with pytest.raises(Exception, match=r"tav takes 2\.\.2 streams"):
+        train(config(layered_store, "tav", data=three), tmp_path / "tav")
+
+
+def test_per_frame_targets_train_and_predict_per_frame_weights(demo_store: Path, tmp_path: Path) -> None:
+    cases = [
+        ("mult", "regression", "valence"),
+        ("context", "multiclass", "arousal"),
+        ("late", "regression", "valence,arousal"),
+    ]
+    for method, task, labels in cases:
+        data = DataConfig(streams=STREAMS, labels=labels, task=task, level="frame")
+        weights = "inverse" if task == "multiclass" else "none"
+        m = train(config(demo_store, method, data=data, class_weights=weights), tmp_path / method)
+        assert m["frame_level"] and m["test"]["n"] > m["n_samples"]["test"]  # scored per frame
+    out = predict_run(tmp_path / "late")
+    frames = np.load(out / "frames.npz")
+    store = open_store(demo_store)
+    row = {sid: i for i, sid in enumerate(store.sample_ids)}
+    ids = {k.split("/")[0] for k in frames.files}
+    assert len(ids) == m["n_samples"]["train"] + m["n_samples"]["dev"] + m["n_samples"]["test"]
+    for sid in list(ids)[:5]:
+        w = frames[f"{sid}/fusion_weights"]
+        assert w.shape == (len(store.continuous.times[row[sid]]), 2)  # one row per label frame
+        np.testing.assert_allclose(w.sum(1), 1, atol=1e-5)
+    pred = pd.read_csv(out / "predictions.csv")
+    assert {"frame", "value:valence", "audio/mfcc:arousal"} <= set(pred.columns)
+
+
+def test_training_is_reproducible_and_resumes_bit_identically(demo_store: Path, tmp_path: Path) -> None:
+    cfg = config(demo_store, "late", epochs=4, scheduler="cosine-restarts", class_weights="inverse")
     a = train(cfg, tmp_path / "a")
     b = train(cfg, tmp_path / "b")
-    c = train(TrainConfig(**{**cfg.__dict__, "seed": 1}), tmp_path / "c")
-    assert a["history"] == b["history"] and a["test"] == b["test"]
-    assert a["history"] != c["history"]
+    c = train(replace(cfg, seed=1), tmp_path / "c")
+    assert a["history"][-1]["train_task"] == b["history"][-1]["train_task"] and a["test"] == b["test"]
+    assert a["history"][-1]["train_task"] != c["history"][-1]["train_task"]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(epoch: int, _row: dict) -> None:
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "d", on_epoch_end=interrupt)
+    d = train(cfg, tmp_path / "d", resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(d["history"]) == strip(a["history"]) and d["test"] == a["test"]
     sa = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
-    sb = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert saved["selected_epoch"] == a["selected_epoch"] and set(saved["dev"]) >= {"macro_f1", "per_stream"}
-    config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["method_config"]["hidden_size"] == 128 and config["seed"] == 0
-    assert config["stream_provenance"]["video/mobilenetv2"]["weights"] == "random-init"
+    sd = torch.load(tmp_path / "d" / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(sa[k], sd[k]) for k in sa)
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["seed"] == 0 and saved["stream_provenance"]["video/mobilenetv2"]["weights"] == "random-init"
 
 
-def test_fuse_train_cli(demo_store: Path, tmp_path: Path) -> None:
+def test_model_selection_never_reads_test(demo_store: Path, tmp_path: Path) -> None:
+    """Scrambling every test label changes nothing before the final test report."""
+    cfg = config(demo_store, "context", epochs=3)
+    ref = Trainer(cfg, tmp_path / "ref")
+    seen: list[str] = []
+    batches = ref.data.batches
+    ref.data.batches = lambda split, *a, **k: (seen.append(split), batches(split, *a, **k))[1]  # type: ignore[method-assign]
+    ref.fit()
+    assert set(seen) == {"train", "dev"}
+    scrambled = Trainer(cfg, tmp_path / "scr")
+    v = scrambled.data.targets_all.values
+    test_rows = scrambled.data.rows[scrambled.data.indices("test")]
+    v[test_rows] = (v[test_rows] + 1) % len(scrambled.data.names)
+    scrambled.fit()
+    assert scrambled.history == [
+        {**h, "seconds": s["seconds"]} for h, s in zip(ref.history, scrambled.history, strict=True)
+    ]
+    assert scrambled.best_epoch == ref.best_epoch
+
+
+def test_optimisers_schedules_sampling_and_early_stopping(demo_store: Path, tmp_path: Path) -> None:
+    sched = Schedule(config(demo_store, scheduler="cosine-restarts", t0=1, t_mult=2), {})
+    assert [sched.factor(e) for e in (0, 1, 3, 7)] == pytest.approx([1, 1, 1, 1])  # restarts
+    assert sched.factor(2) == pytest.approx(0.5) and sched.factor(0.5) == pytest.approx(0.5)
+    warm = Schedule(config(demo_store, scheduler="warmup-cosine", warmup=2, epochs=10), {})
+    assert warm.factor(1) == pytest.approx(0.5, abs=1e-3) and warm.factor(10) == pytest.approx(0)
+    assert Schedule(config(demo_store, scheduler="step", step_size=2, gamma=0.5), {}).factor(5) == 0.25
+    m = train(
+        config(demo_store, "late", epochs=6, optimizer="sgd", lr=1e-5, patience=1, sampling="over"), tmp_path
+    )
+    assert len(m["history"]) < 6  # a tiny learning rate stalls dev, early stopping ends the run
+    trainer = Trainer(config(demo_store, "late", sampling="under"), tmp_path / "u")
+    y = [
+        int(t)
+        for b in trainer.data.batches(
+            "train", 64, generator=trainer.gen, sample_weights=trainer.sample_weights
+        )
+        for t in b.targets
+    ]
+    counts = np.bincount(y, minlength=6)
+    assert (
+        len(set(counts[counts > 0])) <= 3
+        and len(y) == trainer.sample_weights[trainer.data.indices("train")].sum()
+    )
+
+
+def test_tensorboard_logging(demo_store: Path, tmp_path: Path) -> None:
+    train(config(demo_store, "late", epochs=1, tensorboard=True), tmp_path)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+
+def test_perturbations(demo_store: Path) -> None:
+    data = FusionData(open_store(demo_store), DataConfig(streams=STREAMS))
+    batch = data.collate(data.indices("train")[:4])
+    g = torch.Generator().manual_seed(0)
+    gone = Perturbation("missing", ("video/mobilenetv2",)).apply(batch, g)
+    assert not gone.present["video/mobilenetv2"].any() and not gone.masks["video/mobilenetv2"].any()
+    zeros = Perturbation("missing", ("video/mobilenetv2",), policy="zeros").apply(batch, g)
+    assert zeros.present["video/mobilenetv2"].all() and (zeros.inputs["video/mobilenetv2"] == 0).all()
+    x, m = batch.inputs["audio/mfcc"], batch.masks["audio/mfcc"]
+    noisy = Perturbation("noise", ("audio/mfcc",), snr=10.0).apply(batch, g).inputs["audio/mfcc"]
+    ratio = (x[m] ** 2).mean() / ((noisy - x)[m] ** 2).mean()
+    assert 10 * torch.log10(ratio).item() == pytest.approx(10, abs=1.0)
+    masked = Perturbation("mask", ("audio/mfcc",), p=0.3).apply(batch, g).inputs["audio/mfcc"]
+    dropped = ((masked == 0).all(-1) & m).sum() / m.sum()
+    assert dropped.item() == pytest.approx(0.3, abs=0.05)
+
+
+def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
+    common = [
+        "--store",
+        demo_store,
+        "--streams",
+        ",".join(STREAMS),
+        "--epochs",
+        "2",
+        "--set",
+        "hidden=16",
+        "--set",
+        "layers=1",
+    ]
     proc = run_avx(
-        "fuse", "train", "--store", demo_store, "--method", "late-fusion", "--streams", ",".join(STREAMS),
-        "--labels", "av", "--task", "multiclass", "--out", run, "--epochs", "3", "--seed", "0",
-        "--set", "hidden_size=32",
-    )  # fmt: skip
-    assert {p.name for p in run.iterdir()} == {"metrics.json", "config.json", "model.pt"}
+        "fuse", "train", "--method", "context", "--out", run, *common, "--scheduler", "cosine-restarts"
+    )
+    assert {"metrics.json", "config.json", "model.pt", "predictions.csv", "last.pt"} <= {
+        p.name for p in run.iterdir()
+    }
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0 <= metrics["test"]["macro_f1"] <= 1 and len(metrics["history"]) == 3
-    assert json.loads((run / "config.json").read_text())["method_config"]["hidden_size"] == 32
-    assert "late-fusion" in proc.stdout and "test" in proc.stdout
-    bad = run_avx("fuse", "train", "--store", demo_store, "--method", "late-fusion", "--streams",
-                  "audio/wavlm", "--out", tmp_path / "x", check=False)  # fmt: skip
-    assert bad.returncode == 2
-    assert bad.stderr.strip().startswith("error: unknown stream 'audio/wavlm'; valid: faces, audio/mfcc")
+    assert metrics["protocol"] == "speaker-trials" and metrics["task"] == "multiclass"
+    assert {"macro_f1", "ece", "brier", "ci95", "fairness"} <= set(metrics["test"])
+    assert {"sex", "race", "age_group"} == set(metrics["test"]["fairness"])
+    assert metrics["calibration"]["ece_before"] >= 0 and "context" in proc.stdout
+
+    ev = run_avx(
+        "fuse",
+        "eval",
+        run,
+        "--settings",
+        "av,a,v,mean",
+        "--noise",
+        "video",
+        "--mask-frames",
+        "0.5",
+        "--occlude",
+        "0.5",
+    )
+    table = pd.read_csv(run / "eval.csv").set_index("setting")
+    assert {
+        "AV (clean)",
+        "A (video missing)",
+        "V (audio missing)",
+        "mean (AV, A, V)",
+        "occlude 0.5 of faces",
+    } <= set(table.index)
+    assert table.loc["mean (AV, A, V)", "accuracy"] == pytest.approx(
+        table.loc[["AV (clean)", "A (video missing)", "V (audio missing)"], "accuracy"].mean()
+    )
+    ev_json = json.loads((run / "eval.json").read_text())
+    assert "ece_after" in ev_json["calibration"] and "ECE" in ev.stdout
+    again = run_avx(
+        "fuse",
+        "eval",
+        run,
+        "--settings",
+        "av,a,v,mean",
+        "--noise",
+        "video",
+        "--mask-frames",
+        "0.5",
+        "--occlude",
+        "0.5",
+    )
+    assert again.stdout == ev.stdout  # perturbations are seeded
+
+    run_avx("fuse", "predict", run, "--out", tmp_path / "pred")
+    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert {"audio/mfcc:anger", "video/mobilenetv2:anger", "prob:anger"} <= set(pred.columns)
+    assert set(pred["split"]) >= {"train", "dev", "test"}
+
+    late = tmp_path / "late"
+    run_avx("fuse", "train", "--method", "late", "--out", late, *common)
+    assert "weight:video/mobilenetv2" in pd.read_csv(late / "predictions.csv").columns
+    trials = tmp_path / "trials"
+    run_avx("fuse", "train", "--method", "late", "--out", trials, *common, "--trials", "2")
+    summary = json.loads((trials / "trials.json").read_text())
+    assert summary["folds"] == [0, 1] and len(summary["per_fold"]["macro_f1"]) == 2
+    assert "| macro_f1 |" in (trials / "trials.md").read_text()
+    cmp = run_avx("fuse", "compare", trials, late)
+    assert "p_vs_first" in cmp.stdout and "late" in cmp.stdout
+    bad = run_avx(
+        "fuse",
+        "train",
+        "--method",
+        "late",
+        "--out",
+        tmp_path / "x",
+        "--store",
+        demo_store,
+        "--streams",
+        "audio/wavlm",
+        check=False,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown stream 'audio/wavlm'")
+    methods = run_avx("fuse", "methods").stdout
+    assert all(m in methods for m in METHODS.names())
 
 
 def test_protocol_and_fold_select_the_split(demo_store: Path) -> None:
     store = open_store(demo_store)
-    p = store.protocol()
-    assert p.name == store.default_protocol == "speaker-trials" and p.n_folds == 5
     folds = [FusionData(store, DataConfig(streams=STREAMS, fold=k)) for k in (0, 1)]
     speakers = store.samples.set_index("id")["speaker"]
     for d in folds:

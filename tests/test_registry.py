@@ -11,8 +11,10 @@ import torch
 from avx.corpora import CORPORA
 from avx.errors import UnknownNameError
 from avx.extract.backbones import AudioBackbone, TextBackbone, VisualBackbone, create_backbone, list_backbones
-from avx.fuse.data import Batch
+from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.methods import METHODS, create_method
+from avx.fuse.methods.base import TaskSpec
+from avx.fuse.tasks import Objective
 from tests.tiny_models import save_speech_model, save_text_model
 
 
@@ -22,14 +24,15 @@ def test_unknown_names_list_valid_ones() -> None:
     msg = str(e.value)
     assert msg.startswith("unknown backbone 'wavlm-huge'; valid: ")
     assert "mfcc" in msg and "mobilenetv2" in msg and "\n" not in msg
-    with pytest.raises(UnknownNameError, match="valid: late-fusion"):
+    with pytest.raises(UnknownNameError, match="valid: context, early, late, mult, tav, tva, unimodal"):
         METHODS.get("nope")
     with pytest.raises(UnknownNameError, match="cremad"):
         CORPORA.get("crema")
 
 
 def test_dash_and_underscore_are_the_same_name() -> None:
-    assert METHODS.get("late_fusion") is METHODS.get("late-fusion")
+    assert CORPORA.get("avx_demo") is CORPORA.get("avx-demo")
+    assert METHODS.get(" Late ") is METHODS.get("late")
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +75,28 @@ def test_every_backbone_produces_its_declared_frames(name: str, hf_folders: dict
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> None:
     torch.manual_seed(0)
-    dims = {"audio/a": 5, "video/v": 7}
-    model = create_method(name, dims, num_classes=3)
+    inputs = {"audio/a": StreamInfo(5), "video/v": StreamInfo(7, modality="video")}
+    if METHODS.get(name).max_streams == 1:
+        inputs.pop("video/v")
+    model = create_method(name, inputs, TaskSpec("multiclass", 3))
     b = Batch(
         ids=["x", "y", "z"],
+        index=np.arange(3),
         inputs={"audio/a": torch.randn(3, 4, 5), "video/v": torch.randn(3, 2, 7)},
         masks={"audio/a": torch.ones(3, 4, dtype=torch.bool), "video/v": torch.ones(3, 2, dtype=torch.bool)},
         present={"audio/a": torch.tensor([True, True, True]), "video/v": torch.tensor([True, False, True])},
         targets=torch.tensor([0, 1, 2]),
+        target_mask=torch.ones(3, dtype=torch.bool),
     )
     b.masks["video/v"][1] = False
+    b.inputs["video/v"][1] = 0
     out = model(b)
     assert out.logits.shape == (3, 3) and torch.isfinite(out.logits).all()
     if out.fusion_weights is not None:
         assert out.fusion_weights[1, 1] == 0  # the absent stream gets no weight
         assert torch.allclose(out.fusion_weights.sum(1), torch.ones(3))
-    loss = model.task_loss(out, b.targets) + sum(out.aux_losses.values())
-    loss.backward()
+    terms = model.loss(out, b, Objective("multiclass"))
+    # Every parameter must reach some output: the loss or a per-stream prediction.
+    extra = sum(lg.sum() for lg in out.modality_logits.values()) * 1e-3
+    (torch.stack(list(terms.values())).sum() + extra).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

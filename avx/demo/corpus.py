@@ -51,6 +51,16 @@ _LEVEL_GAIN = {"LO": 0.5, "MD": 1.0, "HI": 1.5, "XX": 1.0}
 _RATER_ACCURACY = {1: 0.45, 2: 0.62, 3: 0.74}
 _VOWELS = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480)]
 _RACES = ["Caucasian", "African American", "Asian", "Caucasian"]
+# Per class: (valence, arousal) prototypes on [-1, 1] (a circumplex placement).
+_VA = {
+    "ANG": (-0.6, 0.7),
+    "DIS": (-0.5, 0.2),
+    "FEA": (-0.6, 0.6),
+    "HAP": (0.7, 0.5),
+    "NEU": (0.0, -0.2),
+    "SAD": (-0.6, -0.5),
+}
+CONTINUOUS_RATE = 10.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,28 @@ def simulate_votes(clips: list[DemoClip], seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def simulate_dimensions(
+    clip: DemoClip, rng: np.random.Generator, duration: float
+) -> tuple[tuple[float, float], pd.DataFrame]:
+    """Per-clip valence/arousal (class prototype scaled by intensity, plus rater noise)
+    and a per-frame contour at 10 Hz that rises and falls around the clip value."""
+    g = _LEVEL_GAIN[clip.level]
+    v0, a0 = _VA[clip.emotion]
+    v = float(np.clip(v0 * (0.6 + 0.4 * g) + rng.normal(0, 0.08), -1, 1))
+    a = float(np.clip(a0 * (0.6 + 0.4 * g) + rng.normal(0, 0.08), -1, 1))
+    t = (np.arange(max(1, int(duration * CONTINUOUS_RATE))) + 0.5) / CONTINUOUS_RATE
+    shape = np.sin(np.pi * t / duration)  # onset, apex, offset
+    frames = pd.DataFrame(
+        {
+            "id": clip.clip_id,
+            "time": np.round(t, 3),
+            "valence": np.round(np.clip(v * (0.5 + 0.7 * shape), -1, 1), 4),
+            "arousal": np.round(np.clip(a * (0.5 + 0.7 * shape) + 0.05 * np.sin(2 * np.pi * t), -1, 1), 4),
+        }
+    )
+    return (round(v, 4), round(a, 4)), frames
+
+
 def make_demo_corpus(out: str | Path, *, n_clips: int = 144, seed: int = 0) -> Path:
     """Write the demo corpus to ``out`` (CREMA-D layout) and return its root.
 
@@ -199,6 +231,7 @@ def make_demo_corpus(out: str | Path, *, n_clips: int = 144, seed: int = 0) -> P
     (root / "processedResults").mkdir(exist_ok=True)
     clips = plan_clips(n_clips)
     face = _face_image()
+    dims, contours = [], []
     for i, clip in enumerate(clips):
         rng = np.random.default_rng([seed, i])
         duration = {"SAD": 2.4, "DIS": 2.2, "NEU": 2.0}.get(clip.emotion, 1.8) + rng.uniform(0, 0.3)
@@ -209,6 +242,12 @@ def make_demo_corpus(out: str | Path, *, n_clips: int = 144, seed: int = 0) -> P
             subtype="PCM_16",
         )
         write_flv(root / "VideoFlash" / f"{clip.clip_id}.flv", synth_video(clip, rng, duration, face))
+        (v, a), frames = simulate_dimensions(clip, np.random.default_rng([seed, i, 1]), duration)
+        dims.append({"id": clip.clip_id, "valence": v, "arousal": a})
+        contours.append(frames)
+    (root / "avx_demo").mkdir(exist_ok=True)
+    pd.DataFrame(dims).to_csv(root / "avx_demo" / "dimensions.csv", index=False)
+    pd.concat(contours).to_csv(root / "avx_demo" / "continuous.csv", index=False)
     votes = simulate_votes(clips, seed)
     votes.to_csv(root / "processedResults" / "tabulatedVotes.csv", index=False)
     pd.DataFrame(
@@ -225,7 +264,8 @@ def make_demo_corpus(out: str | Path, *, n_clips: int = 144, seed: int = 0) -> P
         }
     ).to_csv(root / "VideoDemographics.csv", index=False)
     (root / "README.txt").write_text(
-        "Synthetic avx demo corpus in the CREMA-D layout. It only proves the pipeline;"
+        "Synthetic avx demo corpus in the CREMA-D layout (read it with --corpus avx-demo to get"
+        " its valence/arousal labels too). It only proves the pipeline;"
         " its results say nothing about emotion recognition.\n"
     )
     return root

@@ -1,15 +1,260 @@
-"""Evaluation metrics as plain functions with scikit-learn's definitions.
+"""Evaluation metrics with the reference libraries' definitions.
 
-``f(y_true, y_pred)`` like scikit-learn; each name in :data:`SCORERS` declares whether
-greater is better, so model selection can look a metric up by name.
+Every function takes numpy arrays like scikit-learn's (``f(y_true, y_pred)`` or
+``f(y_true, probs)``) and is tested against scikit-learn, torchmetrics or fairlearn on
+random inputs. :data:`SCORERS` maps the names used in ``metrics.json`` and in
+``--select-metric`` to ``(function on a Predictions object, greater_is_better)``.
+
+Conventions worth knowing when comparing with papers:
+
+- ``unweighted_accuracy`` (UA) is the mean per-class recall (balanced accuracy);
+  ``weighted_accuracy`` (WA) is plain accuracy, the emotion-recognition literature's
+  names for the two.
+- ``ccc`` on per-frame targets is computed over all valid frames of the split
+  concatenated (the AVEC convention COLD follows), not averaged per sequence.
+- ``brier`` is averaged per class (the two-stage paper's Eq. 1): for each class the
+  mean over samples of (p_c - y_c)^2, then the mean over classes.
+- Fairness metrics use fairlearn's definitions, applied one-vs-rest per class and
+  averaged over classes (fairlearn defines them for binary decisions only).
+- ``f1_bias`` is the two-stage paper's Eq. 2: half the mean absolute pairwise
+  difference of per-group macro-F1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    jaccard_score,
+    precision_recall_fscore_support,
+)
+
+# -- classification --------------------------------------------------------------------
+
+
+def prf(y_true: np.ndarray, y_pred: np.ndarray, average: str, labels: Sequence[int] | None = None) -> dict:
+    """Precision, recall and F1 with scikit-learn's ``average`` (zero_division=0)."""
+    p, r, f, _ = precision_recall_fscore_support(
+        y_true, y_pred, average=average, labels=labels, zero_division=0
+    )
+    return {f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)}
+
+
+def multiclass_report(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Accuracy (WA), UA, macro/weighted/micro P/R/F1."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        ua = float(balanced_accuracy_score(y, pred))
+    out: dict[str, float] = {"accuracy": float(accuracy_score(y, pred)), "unweighted_accuracy": ua}
+    out["weighted_accuracy"] = out["accuracy"]
+    for avg in ("macro", "weighted", "micro"):
+        out.update(prf(y, pred, avg))
+    return out
+
+
+def multilabel_report(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Sample-wise Jaccard accuracy, micro/macro/weighted P/R/F1 on multi-hot arrays."""
+    out = {"jaccard_accuracy": float(jaccard_score(y, pred, average="samples", zero_division=1))}
+    out["accuracy"] = out["jaccard_accuracy"]
+    for avg in ("micro", "macro", "weighted"):
+        out.update(prf(y, pred, avg))
+    out["subset_accuracy"] = float(accuracy_score(y, pred))
+    return out
+
+
+# -- regression ------------------------------------------------------------------------
+
+
+def ccc(y: np.ndarray, p: np.ndarray) -> float:
+    """Lin's concordance correlation coefficient with sample (n - 1) moments, exactly as
+    torchmetrics' ``ConcordanceCorrCoef`` (population moments differ by O(1/n))."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    if len(y) < 2:
+        return float("nan")
+    my, mp = y.mean(), p.mean()
+    cov = ((y - my) * (p - mp)).sum() / (len(y) - 1)
+    return float(2 * cov / (y.var(ddof=1) + p.var(ddof=1) + (my - mp) ** 2 + 1e-12))
+
+
+def pearson(y: np.ndarray, p: np.ndarray) -> float:
+    if len(y) < 2 or np.std(y) == 0 or np.std(p) == 0:
+        return float("nan")
+    return float(stats.pearsonr(y, p).statistic)
+
+
+def regression_report(y: np.ndarray, p: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """CCC, Pearson, MAE, MSE per dimension (``ccc_valence``) and their means (``ccc``)."""
+    y, p = y.reshape(len(y), -1), p.reshape(len(p), -1)
+    out: dict[str, float] = {}
+    per: dict[str, list[float]] = {"ccc": [], "pearson": [], "mae": [], "mse": []}
+    for k, name in enumerate(names):
+        vals = {
+            "ccc": ccc(y[:, k], p[:, k]),
+            "pearson": pearson(y[:, k], p[:, k]),
+            "mae": float(np.abs(y[:, k] - p[:, k]).mean()),
+            "mse": float(((y[:, k] - p[:, k]) ** 2).mean()),
+        }
+        for m, v in vals.items():
+            per[m].append(v)
+            if len(names) > 1:
+                out[f"{m}_{name}"] = v
+    out.update({m: float(np.mean(v)) for m, v in per.items()})
+    return out
+
+
+# -- calibration -----------------------------------------------------------------------
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins (torchmetrics' ``l1`` norm)."""
+    return float(reliability_diagram(y, probs, n_bins)["ece"])
+
+
+def reliability_diagram(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """Per confidence bin: mean confidence, accuracy and count, plus the ECE they give."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == y).astype(np.float64)
+    edges = np.linspace(0, 1, n_bins + 1)
+    # Bins are (lo, hi], as torchmetrics buckets them.
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf, acc = conf_sum / count, acc_sum / count
+    ece = float(np.nansum(np.abs(acc - mean_conf) * count) / max(len(y), 1))
+    return {
+        "edges": edges.tolist(),
+        "confidence": np.nan_to_num(mean_conf).tolist(),
+        "accuracy": np.nan_to_num(acc).tolist(),
+        "count": count.tolist(),
+        "ece": ece,
+    }
+
+
+def brier_per_class(targets: np.ndarray, probs: np.ndarray) -> float:
+    """Mean over classes of scikit-learn's ``brier_score_loss`` for that class.
+
+    ``targets`` is one-hot / multi-hot ``[N, C]`` (or class indices ``[N]``).
+    """
+    if targets.ndim == 1:
+        targets = np.eye(probs.shape[1])[targets]
+    return float(((probs - targets) ** 2).mean(0).mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, multilabel: bool = False) -> float:
+    """Temperature T > 0 minimising the NLL of ``logits / T`` (fitted on dev, Guo et al. 2017)."""
+    import torch
+
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    t = torch.as_tensor(y)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        opt.zero_grad()
+        s = z / log_t.exp()
+        if multilabel:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(s, t.to(s.dtype))
+        else:
+            loss = torch.nn.functional.cross_entropy(s, t.long())
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return float(log_t.detach().exp().clamp(1e-2, 1e2))
+
+
+# -- fairness and bias -----------------------------------------------------------------
+
+
+def _rate(x: np.ndarray) -> float:
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def demographic_parity_difference(y_pred: np.ndarray, groups: np.ndarray) -> float:
+    """Binary: max - min over groups of the selection rate P(pred = 1 | group) (fairlearn)."""
+    rates = [_rate(y_pred[groups == g]) for g in np.unique(groups)]
+    return float(np.nanmax(rates) - np.nanmin(rates))
+
+
+def equalized_odds_difference(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray) -> float:
+    """Binary: the larger of the TPR and FPR between-group differences (fairlearn)."""
+    diffs = []
+    for positive in (1, 0):
+        rates = [
+            _rate(y_pred[(groups == g) & (y_true == positive)])
+            for g in np.unique(groups)
+            if ((groups == g) & (y_true == positive)).any()
+        ]
+        diffs.append(max(rates) - min(rates) if rates else 0.0)
+    return float(max(diffs))
+
+
+def one_vs_rest(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-hot ``[N, C]`` views of class indices (multi-hot input is returned as is)."""
+    if y_true.ndim == 1:
+        eye = np.eye(n_classes, dtype=np.int64)
+        return eye[y_true], eye[y_pred]
+    return y_true.astype(np.int64), y_pred.astype(np.int64)
+
+
+def fairness_report(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_classes: int, macro_f1_fn: Callable
+) -> dict[str, Any]:
+    """DPD and EOD (one-vs-rest, mean over classes), per-group macro-F1 and the F1 bias."""
+    groups = np.asarray(groups).astype(str)
+    yt, yp = one_vs_rest(y_true, y_pred, n_classes)
+    dpd = [demographic_parity_difference(yp[:, c], groups) for c in range(n_classes)]
+    eod = [equalized_odds_difference(yt[:, c], yp[:, c], groups) for c in range(n_classes)]
+    per_group = {str(g): macro_f1_fn(y_true[groups == g], y_pred[groups == g]) for g in np.unique(groups)}
+    return {
+        "dpd": float(np.mean(dpd)),
+        "eod": float(np.mean(eod)),
+        "f1_bias": f1_bias(list(per_group.values())),
+        "macro_f1_by_group": per_group,
+        "n_by_group": {str(g): int((groups == g).sum()) for g in np.unique(groups)},
+    }
+
+
+def f1_bias(scores: Sequence[float]) -> float:
+    """Half the mean absolute difference over pairs of groups (0 with one group)."""
+    pairs = [abs(a - b) for a, b in itertools.combinations(scores, 2)]
+    return float(np.mean(pairs) / 2) if pairs else 0.0
+
+
+# -- uncertainty over samples and trials ----------------------------------------------
+
+
+def bootstrap_ci(
+    fn: Callable[[np.ndarray], float], n: int, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``fn(indices)`` over ``n`` resampled test samples."""
+    rng = np.random.default_rng(seed)
+    vals = np.array([fn(rng.integers(0, n, n)) for _ in range(n_boot)])
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-tailed paired t-test p-value across trials (scipy's ``ttest_rel``)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(a) != len(b):
+        return float("nan")
+    if np.allclose(a, b):
+        return 1.0
+    return float(stats.ttest_rel(a, b).pvalue)
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -17,31 +262,18 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
-def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Per-class F1 weighted by support in ``y_true``."""
-    return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
-
-
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(accuracy_score(y_true, y_pred))
-
-
-def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean per-class recall (UA, the emotion-recognition literature's name; balanced accuracy)."""
-    return float(balanced_accuracy_score(y_true, y_pred))
-
-
-SCORERS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bool]] = {
-    "macro_f1": (macro_f1, True),
-    "weighted_f1": (weighted_f1, True),
-    "accuracy": (accuracy, True),
-    "unweighted_accuracy": (unweighted_accuracy, True),
+GREATER_IS_BETTER = {
+    "accuracy": True,
+    "unweighted_accuracy": True,
+    "weighted_accuracy": True,
+    "macro_f1": True,
+    "weighted_f1": True,
+    "micro_f1": True,
+    "jaccard_accuracy": True,
+    "ccc": True,
+    "pearson": True,
+    "mae": False,
+    "mse": False,
+    "loss": False,
 }
-"""name -> (function, greater_is_better)."""
-
-
-def classification_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Every multiclass metric, plus the sample count."""
-    out = {name: fn(y_true, y_pred) for name, (fn, _) in SCORERS.items()}
-    out["n"] = len(y_true)
-    return out
+"""Metrics usable for model selection and whether greater is better."""

@@ -4,17 +4,39 @@ A method is one file with a frozen ``<Name>Config`` dataclass and an ``nn.Module
 subclass of :class:`FusionMethod`, registered with ``@METHODS.register(name)``. It
 receives a :class:`~avx.fuse.data.Batch` and returns a :class:`FusionOutput`; the
 trainer never branches on the method's name.
+
+Outputs are *scores before the task's link*: class logits (multiclass, multilabel) or
+values (regression), ``[B, K]`` per sequence or ``[B, T, K]`` per frame. A method that
+fuses probabilities (late fusion) returns the logits of its fused probabilities.
+
+Hooks a method may override (VAVL alternates per-modality updates; two-stage training
+freezes layers) without forking the trainer:
+
+- :meth:`FusionMethod.parameter_groups` — several optimisers, one per group;
+- :meth:`FusionMethod.training_step` — the update for one batch;
+- :meth:`FusionMethod.loss` — the objective from the output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from avx.fuse.data import Batch, StreamInfo
 from avx.registry import Registry
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the method must output: ``kind`` task, ``n_outputs`` scores, per frame or not."""
+
+    kind: str
+    n_outputs: int
+    frame_level: bool = False
 
 
 @dataclass
@@ -22,37 +44,144 @@ class FusionOutput:
     """What a method returns for a batch.
 
     Attributes:
-        logits: fused class scores ``[B, C]`` (log-probabilities are fine).
-        modality_logits: per-stream scores ``[B, C]``, for unimodal evaluation.
-        fusion_weights: per-sample modality weights ``[B, M]`` when the method has them.
+        logits: fused scores ``[B, K]`` or ``[B, T, K]``.
+        modality_logits: per-stream scores, same shape, for unimodal evaluation and
+            jointly trained unimodal heads.
+        fusion_weights: modality weights ``[B, M]`` or per frame ``[B, T, M]`` (streams
+            in input order), when the method has them.
+        uncertainty: per-stream uncertainty ``[B]`` or ``[B, T]`` when the method has it.
         aux_losses: named extra loss terms, already weighted, added to the task loss.
     """
 
     logits: torch.Tensor
     modality_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     fusion_weights: torch.Tensor | None = None
+    uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+Objective = Callable[[torch.Tensor, Batch, torch.Tensor | None], torch.Tensor]
+"""``objective(scores, batch, sample_mask)``: the task loss (see :mod:`avx.fuse.tasks`)."""
+
+
+class LayerMix(nn.Module):
+    """Learnable softmax-weighted sum over a stream's layers (SUPERB's featurizer)."""
+
+    def __init__(self, n_layers: int) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(n_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, L, D] -> [B, T, D]
+        return torch.einsum("btld,l->btd", x, torch.softmax(self.weights, 0))
+
+
 class FusionMethod(nn.Module):
-    """Base class: ``__init__(config, input_dims, num_classes)`` and ``forward(batch)``."""
+    """Base class: ``__init__(config, inputs, task)`` and ``forward(batch)``.
+
+    Class attributes describe what the method supports (``avx fuse methods``):
+    ``tasks``, ``min_streams``/``max_streams``, ``frame_level`` (can output per frame),
+    ``needs_alignment`` (all streams on one clock), ``missing`` (how a missing
+    modality is presented at evaluation: ``mask`` = presence mask, ``zeros`` = zero
+    features with real-looking masks).
+    """
 
     config_class: ClassVar[type]
+    tasks: ClassVar[tuple[str, ...]] = ("multiclass", "multilabel", "regression")
+    min_streams: ClassVar[int] = 2
+    max_streams: ClassVar[int | None] = None
+    frame_level: ClassVar[bool] = True
+    needs_alignment: ClassVar[bool] = False
+    missing: ClassVar[str] = "mask"
 
-    def __init__(self, config: Any, input_dims: dict[str, int], num_classes: int) -> None:
+    def __init__(self, config: Any, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
         super().__init__()
-        self.config, self.input_dims, self.num_classes = config, dict(input_dims), num_classes
+        self.config, self.inputs, self.task = config, dict(inputs), task
+        self.streams = list(inputs)
+        self.layer_mix = nn.ModuleDict(
+            {_key(s): LayerMix(i.layers) for s, i in inputs.items() if i.layers > 1}
+        )
 
-    def task_loss(self, out: FusionOutput, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on the fused logits; methods with other objectives override it."""
-        return nn.functional.cross_entropy(out.logits, targets)
+    def features(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``[B, T, D]`` per stream, multi-layer streams mixed by their learned weights."""
+        out = {}
+        for s in self.streams:
+            x = batch.inputs[s]
+            out[s] = self.layer_mix[_key(s)](x) if _key(s) in self.layer_mix else x
+        return out
+
+    # -- training hooks ------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups, one optimiser each (default: one group)."""
+        return {"all": [p for p in self.parameters() if p.requires_grad]}
+
+    def loss(self, out: FusionOutput, batch: Batch, objective: Objective) -> dict[str, torch.Tensor]:
+        """Named loss terms; the trainer backpropagates their sum.
+
+        Default: the task loss on the fused scores, plus ``unimodal_weight`` (config,
+        when present) times the mean task loss of the per-stream heads, each on the
+        samples where that stream is present.
+        """
+        terms = {"task": objective(out.logits, batch, None)}
+        w = getattr(self.config, "unimodal_weight", 0.0)
+        if w and out.modality_logits:
+            uni = [
+                objective(lg, batch, batch.present[s])
+                for s, lg in out.modality_logits.items()
+                if batch.present[s].any()
+            ]
+            if uni:
+                terms["unimodal"] = w * torch.stack(uni).mean()
+        terms.update(out.aux_losses)
+        return terms
+
+    def training_step(
+        self,
+        batch: Batch,
+        objective: Objective,
+        optimizers: dict[str, torch.optim.Optimizer],
+        step: Callable[[torch.Tensor, list[torch.optim.Optimizer]], None],
+        autocast: Callable[[], Any],
+    ) -> dict[str, float]:
+        """One update. ``step(loss, optimizers)`` does backward, clipping and stepping
+        (with the AMP scaler when enabled); methods with custom schedules call it
+        several times with different optimisers."""
+        with autocast():
+            out = self(batch)
+            terms = self.loss(out, batch, objective)
+            loss = torch.stack(list(terms.values())).sum()
+        step(loss, list(optimizers.values()))
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _key(stream: str) -> str:
+    return stream.replace("/", "__").replace(".", "_")
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of ``h [B, T, H]`` on real frames (zeros when none)."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 METHODS: Registry[type[FusionMethod]] = Registry("fusion method", "avx.fuse.methods")
 
 
-def create_method(name: str, input_dims: dict[str, int], num_classes: int, **overrides: Any) -> FusionMethod:
+def create_method(name: str, inputs: dict[str, StreamInfo], task: TaskSpec, **overrides: Any) -> FusionMethod:
     """Build method ``name`` with its default config updated by ``overrides``."""
+    from dataclasses import fields
+
+    from avx.errors import AvxError
+
     cls = METHODS.get(name)
-    config = cls.config_class(**overrides)
-    return cls(config, input_dims, num_classes)
+    valid = {f.name for f in fields(cls.config_class)}
+    if bad := set(overrides) - valid:
+        raise AvxError(f"{name}: unknown option(s) {sorted(bad)}; valid: {sorted(valid)}")
+    if task.kind not in cls.tasks:
+        raise AvxError(f"{name} does not support task '{task.kind}'; it supports {', '.join(cls.tasks)}")
+    n = len(inputs)
+    if n < cls.min_streams or (cls.max_streams is not None and n > cls.max_streams):
+        hi = cls.max_streams if cls.max_streams is not None else "any"
+        raise AvxError(f"{name} takes {cls.min_streams}..{hi} streams; got {n}")
+    if task.frame_level and not cls.frame_level:
+        raise AvxError(f"{name} predicts per sequence only; per-frame targets need another method")
+    return cls(cls.config_class(**overrides), inputs, task)

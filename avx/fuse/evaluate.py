@@ -1,0 +1,335 @@
+"""Predicting and scoring: one path for dev selection, test reports, robustness runs.
+
+:func:`predict` runs a model over samples and keeps everything a report needs (scores,
+per-stream scores, fusion weights, uncertainties); :func:`report` turns predictions
+into the metrics of ``metrics.json``. Robustness settings are :class:`Perturbation`
+objects applied to batches (missing modality, noise, frame masking); face occlusion
+changes the features themselves (:mod:`avx.fuse.occlusion`).
+
+Per-stream predictions come from the method's own per-stream heads when it has them,
+otherwise from the fused model with every other stream removed (the way the method
+presents a missing modality), so every method can report them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avx.fuse import metrics as M
+from avx.fuse.data import Batch, FusionData
+from avx.fuse.methods.base import FusionMethod
+from avx.fuse.tasks import decide, to_probs
+
+
+@dataclass
+class Predictions:
+    """Model outputs for samples ``index`` (positions in ``FusionData.ids``).
+
+    Per-sequence tasks: ``y`` and ``scores`` have one row per sample. Per-frame tasks:
+    one row per valid frame, ``owner`` giving each row's sample (position in ``ids``).
+    ``per_stream`` scores are NaN where the stream is absent.
+    """
+
+    ids: list[str]
+    index: np.ndarray
+    y: np.ndarray
+    scores: np.ndarray
+    per_stream: dict[str, np.ndarray]
+    owner: np.ndarray
+    weights: list[np.ndarray] = field(default_factory=list)
+    uncertainty: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    frame_scores: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A test-time corruption of batches.
+
+    Attributes:
+        kind: ``missing`` (streams absent), ``noise`` (replaced by N(0, 1), or N(0, s²)
+            added for ``snr`` dB), ``mask`` (a fraction ``p`` of frames zeroed).
+        streams: the affected streams.
+        p / snr: the amount.
+        policy: how ``missing`` is presented: ``mask`` (presence mask off) or ``zeros``.
+    """
+
+    kind: str
+    streams: tuple[str, ...]
+    p: float = 0.0
+    snr: float | None = None
+    policy: str = "mask"
+    seed: int = 0
+
+    def apply(self, batch: Batch, generator: torch.Generator) -> Batch:
+        inputs, masks, present = dict(batch.inputs), dict(batch.masks), dict(batch.present)
+        for s in self.streams:
+            x, m = inputs[s], masks[s]
+            mm = m.view(*m.shape, *[1] * (x.dim() - 2)).to(x.dtype)
+            if self.kind == "missing":
+                inputs[s] = torch.zeros_like(x)
+                if self.policy == "mask":
+                    masks[s] = torch.zeros_like(m)
+                    present[s] = torch.zeros_like(present[s])
+            elif self.kind == "noise":
+                noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+                if self.snr is None:
+                    inputs[s] = noise * mm
+                else:
+                    dims = tuple(range(1, x.dim()))
+                    power = (x**2 * mm).sum(dims, keepdim=True) / (
+                        mm.sum(dims, keepdim=True) * x[0, 0].numel()
+                    ).clamp_min(1)
+                    scale = (power / 10 ** (self.snr / 10)).sqrt()
+                    inputs[s] = x + noise * scale * mm
+            elif self.kind == "mask":
+                drop = (torch.rand(m.shape, generator=generator).to(m.device) < self.p) & m
+                keep = (~drop).view(*m.shape, *[1] * (x.dim() - 2)).to(x.dtype)
+                inputs[s] = x * keep
+            else:
+                raise ValueError(f"unknown perturbation {self.kind}")
+        return replace(batch, inputs=inputs, masks=masks, present=present)
+
+    @property
+    def name(self) -> str:
+        what = ",".join(self.streams)
+        if self.kind == "missing":
+            return f"missing {what}"
+        if self.kind == "noise":
+            return f"noise {what}" + (f" @{self.snr:g} dB" if self.snr is not None else " N(0,1)")
+        return f"mask {self.p:g} of frames"
+
+
+def _only(batch: Batch, keep: str, policy: str) -> Batch:
+    others = tuple(s for s in batch.inputs if s != keep)
+    return Perturbation("missing", others, policy=policy).apply(batch, torch.Generator())
+
+
+@torch.inference_mode()
+def predict(
+    model: FusionMethod,
+    data: FusionData,
+    split: str | np.ndarray,
+    batch_size: int,
+    device: str = "cpu",
+    perturbation: Perturbation | None = None,
+    *,
+    per_stream: bool = True,
+    keep_frames: bool = False,
+) -> Predictions:
+    """Outputs of ``model`` on ``split``; deterministic (perturbations seeded)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(perturbation.seed if perturbation else 0)
+    ids, index, ys, scores, owners = [], [], [], [], []
+    per: dict[str, list[np.ndarray]] = {s: [] for s in data.stream_names}
+    weights: list[np.ndarray] = []
+    unc: dict[str, list[np.ndarray]] = {}
+    frame_scores: list[np.ndarray] = []
+    offset = 0
+    for batch in data.batches(split, batch_size):
+        if perturbation is not None:
+            batch = perturbation.apply(batch, gen)
+        batch = batch.to(device)
+        out = model(batch)
+        tm = batch.target_mask
+        y = batch.targets[tm].cpu().numpy()
+        ys.append(y)
+        scores.append(out.logits[tm].float().cpu().numpy())
+        b_owner = (
+            np.broadcast_to(np.arange(len(batch))[:, None], tm.shape)[tm.cpu().numpy()]
+            if tm.dim() > 1
+            else np.arange(len(batch))
+        )
+        owners.append(b_owner + offset)
+        offset += len(batch)
+        if per_stream:
+            for s in data.stream_names:
+                lg = out.modality_logits.get(s)
+                if lg is None:
+                    lg = model(_only(batch, s, model.missing)).logits
+                v = lg[tm].float().cpu().numpy()
+                absent = ~batch.present[s].cpu().numpy()[b_owner]
+                v[absent] = np.nan
+                per[s].append(v)
+        ids += batch.ids
+        index.append(batch.index)
+        # Per-frame arrays are cut to each sample's real length (the longest present stream).
+        lengths = torch.stack([m.sum(1) for m in batch.masks.values()]).amax(0).tolist()
+        if out.fusion_weights is not None:
+            weights += _trim(out.fusion_weights, lengths, 3)
+        for s, u in out.uncertainty.items():
+            unc.setdefault(s, []).extend(_trim(u, lengths, 2))
+        if keep_frames and out.logits.dim() == 3:
+            frame_scores += _trim(out.logits, lengths, 3)
+    cat = lambda xs, k=0: np.concatenate(xs) if xs else np.zeros((0, *([k] if k else [])))  # noqa: E731
+    return Predictions(
+        ids=ids,
+        index=np.concatenate(index) if index else np.zeros(0, int),
+        y=cat(ys),
+        scores=cat(scores, len(data.names)),
+        per_stream={s: cat(v, len(data.names)) for s, v in per.items()},
+        owner=cat(owners).astype(int),
+        weights=weights,
+        uncertainty=unc,
+        frame_scores=frame_scores,
+    )
+
+
+def _trim(t: torch.Tensor, lengths: list[int], per_frame_dims: int) -> list[np.ndarray]:
+    """Per-sample arrays of ``t``, cut to ``lengths`` frames when ``t`` has a time axis
+    (``t.dim() == per_frame_dims``: ``[B, T, M]`` weights, ``[B, T]`` uncertainties)."""
+    cut = t.dim() == per_frame_dims
+    return [(x[:n] if cut else x).numpy() for x, n in zip(t.float().cpu(), lengths, strict=True)]
+
+
+def probabilities(scores: np.ndarray, task: str, temperature: float = 1.0) -> np.ndarray:
+    return to_probs(torch.as_tensor(scores / temperature), task).numpy()
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How predictions are scored: decision threshold, bins, temperature, CIs, groups."""
+
+    threshold: float | None = None
+    ece_bins: int = 15
+    temperature: float = 1.0
+    bootstrap: int = 0
+    seed: int = 0
+
+
+def core_metrics(task: str, names: list[str], y: np.ndarray, probs: np.ndarray, opts: ReportOptions) -> dict:
+    """Headline metrics of one set of predictions (no groups, no intervals)."""
+    if not len(y):
+        return {"n": 0}
+    if task == "regression":
+        out = M.regression_report(y, probs, names)
+    elif task == "multiclass":
+        pred = decide(probs, task, None)
+        out = M.multiclass_report(y.astype(int), pred, len(names))
+        out["ece"] = M.expected_calibration_error(y.astype(int), probs, opts.ece_bins)
+        out["brier"] = M.brier_per_class(y.astype(int), probs)
+    else:
+        yb = (y > 1.0 / len(names)).astype(int) if not set(np.unique(y)) <= {0, 1} else y.astype(int)
+        pred = decide(probs, task, opts.threshold)
+        out = M.multilabel_report(yb, pred)
+        out["brier"] = M.brier_per_class(yb, probs)
+    out["n"] = len(y)
+    return out
+
+
+def report(
+    pred: Predictions, data: FusionData, opts: ReportOptions = ReportOptions(), *, fairness: bool = True
+) -> dict[str, Any]:
+    """Every metric for one split: fused, per stream, per demographic group, CIs."""
+    task, names = data.task, data.names
+    probs = probabilities(pred.scores, task, opts.temperature)
+    out = core_metrics(task, names, pred.y, probs, opts)
+    if not len(pred.y):
+        return out
+    out["per_stream"] = {}
+    for s, sc in pred.per_stream.items():
+        ok = np.isfinite(sc).all(axis=-1) if sc.ndim > 1 else np.isfinite(sc)
+        if ok.any():
+            out["per_stream"][s] = core_metrics(task, names, pred.y[ok], probabilities(sc[ok], task), opts)
+    if fairness and task != "regression" and not data.frame_level:
+        yb = pred.y.astype(int) if task == "multiclass" else (pred.y > 1.0 / len(names)).astype(int)
+        decisions = decide(probs, task, opts.threshold)
+        f1 = (
+            (lambda a, b: M.macro_f1(a, b))
+            if task == "multiclass"
+            else (lambda a, b: float(M.prf(a, b, "macro")["macro_f1"]))
+        )
+        out["fairness"] = {
+            g: M.fairness_report(yb, decisions, values[pred.index], len(names), f1)
+            for g, values in data.groups.items()
+        }
+    if opts.bootstrap:
+        key = headline(task)
+        n = len(pred.ids)
+        rows_of = [np.flatnonzero(pred.owner == i) for i in range(n)]
+
+        def stat(sample: np.ndarray) -> float:
+            rows = np.concatenate([rows_of[i] for i in sample])
+            return core_metrics(task, names, pred.y[rows], probs[rows], opts).get(key, np.nan)
+
+        out["ci95"] = {key: list(M.bootstrap_ci(stat, n, n_boot=opts.bootstrap, seed=opts.seed))}
+    return out
+
+
+def headline(task: str) -> str:
+    """The metric a task is judged by (model selection default, tables, CIs)."""
+    return {"multiclass": "macro_f1", "multilabel": "micro_f1", "regression": "ccc"}[task]
+
+
+def calibration(dev: Predictions, test: Predictions, data: FusionData, bins: int = 15) -> dict[str, Any]:
+    """ECE and reliability diagrams on test, before and after temperature scaling fitted on dev."""
+    if data.task != "multiclass" or not len(dev.y) or not len(test.y):
+        return {}
+    t = M.fit_temperature(dev.scores, dev.y.astype(int))
+    y = test.y.astype(int)
+    before, after = probabilities(test.scores, "multiclass"), probabilities(test.scores, "multiclass", t)
+    return {
+        "temperature": t,
+        "ece_before": M.expected_calibration_error(y, before, bins),
+        "ece_after": M.expected_calibration_error(y, after, bins),
+        "brier_before": M.brier_per_class(y, before),
+        "brier_after": M.brier_per_class(y, after),
+        "reliability_before": M.reliability_diagram(y, before, bins),
+        "reliability_after": M.reliability_diagram(y, after, bins),
+    }
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars as Python numbers and non-finite floats as None (JSON null)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_predictions(
+    path: Path, preds: dict[str, Predictions], data: FusionData, threshold: float | None
+) -> pd.DataFrame:
+    """One row per sample (per frame for per-frame targets): target, fused and per-stream
+    outputs (probabilities or values), the decision, and fusion weights when present."""
+    frames = []
+    for split, p in preds.items():
+        if not len(p.y):
+            continue
+        probs = probabilities(p.scores, data.task)
+        df = pd.DataFrame({"id": np.asarray(p.ids)[p.owner], "split": split})
+        if data.frame_level:
+            df["frame"] = np.concatenate([np.arange((p.owner == i).sum()) for i in range(len(p.ids))])
+        _columns(df, "target", p.y, data.names)
+        if data.task != "regression":
+            _columns(df, "pred", decide(probs, data.task, threshold), data.names)
+        _columns(df, "prob" if data.task != "regression" else "value", probs, data.names)
+        for s, sc in p.per_stream.items():
+            _columns(df, s, probabilities(sc, data.task), data.names)
+        if p.weights and not data.frame_level:
+            w = np.stack(p.weights)
+            for k, s in enumerate(data.stream_names):
+                df[f"weight:{s}"] = w[:, k]
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    out.to_csv(path, index=False, float_format="%.6g")
+    return out
+
+
+def _columns(df: pd.DataFrame, prefix: str, values: np.ndarray, names: list[str]) -> None:
+    if values.ndim == 1:
+        df[prefix] = values
+    else:
+        for k, n in enumerate(names):
+            df[f"{prefix}:{n}"] = values[:, k]

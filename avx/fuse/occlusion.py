@@ -1,0 +1,110 @@
+"""Face occlusion at test time: a stand-in for COLD's face-mask corruption.
+
+A fraction ``p`` of each clip's face crops (chosen at random, seeded) gets a lower-face
+patch — a flat light-blue rectangle from just below the nose to the chin, like a
+surgical mask — and the visual stream's backbone is re-run on those crops. The backbone
+is rebuilt from the stream's provenance (name, weights); before trusting it, the clean
+crops of the first clip are re-encoded and compared with the stored features, so an
+occlusion result never silently mixes two different feature extractors.
+
+Needs the ``faces`` stream, a visual backbone stream computed from it, and the run's
+features in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from avx.errors import AvxError
+from avx.fuse.data import FusionData
+
+if TYPE_CHECKING:
+    from avx.extract.backbones.base import VisualBackbone
+
+PATCH_RGB = (170, 200, 225)
+PATCH_ROWS = (0.58, 0.98)
+PATCH_COLS = (0.14, 0.86)
+
+
+def occlude_crops(crops: np.ndarray) -> np.ndarray:
+    """Crops ``[T, S, S, 3]`` uint8 with the lower-face patch pasted on."""
+    out = crops.copy()
+    s = crops.shape[1]
+    r0, r1 = (round(f * s) for f in PATCH_ROWS)
+    c0, c1 = (round(f * crops.shape[2]) for f in PATCH_COLS)
+    out[:, r0:r1, c0:c1] = np.asarray(PATCH_RGB, np.uint8)
+    return out
+
+
+def _backbone(data: FusionData, stream: str, device: str) -> VisualBackbone:
+    from avx.extract.backbones import create_backbone
+
+    prov = data.store.stream(stream).provenance
+    if prov.get("input_stream") != "faces":
+        raise AvxError(f"--occlude: stream {stream} was not computed from face crops")
+    weights = prov.get("weights")
+    weights = "none" if weights in (None, "random-init") else weights
+    return create_backbone(stream.split("/", 1)[1], weights=weights, device=device, amp=False)
+
+
+def occluded_data(
+    data: FusionData, p: float, split: str, *, seed: int = 0, device: str = "cpu"
+) -> FusionData:
+    """A copy of ``data`` whose visual features on ``split`` come from occluded crops.
+
+    The copy carries ``corrupted[stream][i]``: a boolean per processed frame of sample
+    ``i`` (True = occluded), for analyses of per-frame fusion weights.
+    """
+    if not data.in_memory:
+        raise AvxError("--occlude needs the selected features in memory (raise --memory-gb)")
+    if "faces" not in data.store.streams:
+        raise AvxError(f"{data.store.url}: --occlude needs the faces stream")
+    visual = [s for s in data.stream_names if s.startswith("video/")]
+    if not visual:
+        raise AvxError("--occlude needs a visual backbone stream (video/<backbone>) in the run")
+    faces = data.store.stream("faces")
+    out = copy.copy(data)
+    out.features = dict(data.features)
+    out.corrupted = {}
+    rng = np.random.default_rng(seed)
+    idx = [i for i in data.indices(split) if data.ids[i] in faces]
+    ids = [data.ids[i] for i in idx]
+    crops_all = faces.read_many(ids) if ids else []
+    chosen = []
+    for crops in crops_all:
+        t = len(crops)
+        k = round(p * t)
+        sel = np.zeros(t, bool)
+        sel[rng.choice(t, size=k, replace=False)] = True
+        chosen.append(sel)
+    for s in visual:
+        bb = _backbone(data, s, device)
+        stored = data.store.stream(s)
+        if ids:
+            clean, _ = bb(crops_all[0])
+            ref = stored[ids[0]].reshape(clean.shape).astype(np.float32)
+            err = float(np.abs(clean - ref).max() / (np.abs(ref).max() + 1e-12))
+            if err > 1e-2:
+                raise AvxError(
+                    f"--occlude: re-running {s} does not reproduce the stored features "
+                    f"(relative error {err:.3g}); the weights in its provenance are not available here"
+                )
+        feats = list(out.features[s])
+        corrupted: list[np.ndarray | None] = [None] * len(data.ids)
+        all_crops = np.concatenate([occlude_crops(c[m]) for c, m in zip(crops_all, chosen, strict=True)])
+        new = bb(all_crops)[0] if len(all_crops) else np.zeros((0,))
+        pos = 0
+        for i, sid, m in zip(idx, ids, chosen, strict=True):
+            raw = stored[sid].astype(np.float32).copy()
+            raw[m] = new[pos : pos + m.sum()].reshape(raw[m].shape)
+            pos += int(m.sum())
+            times = stored.timestamps(sid) if data.align else None
+            ref = data.ref_times[i]
+            feats[i] = data._process(s, raw, times, ref)
+            corrupted[i] = data.place(s, m.astype(np.float32)[:, None], times, ref)[:, 0] > 0.5
+        out.features[s] = feats
+        out.corrupted[s] = corrupted
+    return out

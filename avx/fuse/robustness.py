@@ -1,0 +1,208 @@
+"""``avx fuse eval`` and ``avx fuse predict``: a trained run under test-time conditions.
+
+Settings (each scored with the run's own metrics, on ``split``):
+
+- ``clean``;
+- ``missing M`` — modality M (``audio``/``video``/``text`` or a stream name) absent,
+  presented the way the method expects (presence mask, or zeros for early fusion);
+- ``noise M`` — M replaced by N(0, 1) in the normalised feature space, or with
+  ``snr`` N(0, s²) added at that signal-to-noise ratio;
+- ``mask P`` — a random fraction P of every stream's frames zeroed (VAVL Fig. 2);
+- ``occlude P`` — P of the face crops get a lower-face patch and the visual backbone
+  is re-run on them (:mod:`avx.fuse.occlusion`).
+
+``sfav=True`` adds SFAV's layout: AV (clean), A (video missing), V (audio missing) and
+their mean. Every perturbation is seeded, so two evaluations agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from avx.errors import AvxError
+from avx.fuse.evaluate import (
+    Perturbation,
+    ReportOptions,
+    calibration,
+    jsonable,
+    predict,
+    report,
+    write_predictions,
+)
+from avx.fuse.runs import TABLE_METRICS, LoadedRun, load_run, markdown
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One evaluation condition: a name and either a batch perturbation or an occlusion."""
+
+    name: str
+    perturbation: Perturbation | None = None
+    occlude: float | None = None
+
+
+def streams_of(what: str, streams: list[str]) -> tuple[str, ...]:
+    """Streams named by a modality (``audio``) or a stream name."""
+    hit = tuple(s for s in streams if s == what or s.split("/")[0] == what)
+    if not hit:
+        raise AvxError(f"no selected stream is '{what}'; the run uses {', '.join(streams)}")
+    return hit
+
+
+def build_settings(
+    run: LoadedRun,
+    *,
+    missing: list[str] = (),
+    noise: list[str] = (),
+    snr: float | None = None,
+    mask_frames: list[float] = (),
+    occlude: list[float] = (),
+    sfav: bool = False,
+    seed: int = 0,
+    missing_as: str | None = None,
+) -> list[Setting]:
+    """The settings asked for; ``missing_as`` overrides how the method presents an
+    absent modality (``mask`` or ``zeros``)."""
+    streams = run.model.streams
+    policy = missing_as or run.model.missing
+    if policy not in ("mask", "zeros"):
+        raise AvxError(f"--missing-as takes mask or zeros, not '{policy}'")
+    out = [Setting("clean")]
+    if sfav:
+        out += [
+            Setting(
+                "A (video missing)", Perturbation("missing", streams_of("video", streams), policy=policy)
+            ),
+            Setting(
+                "V (audio missing)", Perturbation("missing", streams_of("audio", streams), policy=policy)
+            ),
+        ]
+    for m in missing:
+        p = Perturbation("missing", streams_of(m, streams), policy=policy, seed=seed)
+        out.append(Setting(p.name, p))
+    for m in noise:
+        p = Perturbation("noise", streams_of(m, streams), snr=snr, seed=seed)
+        out.append(Setting(p.name, p))
+    for frac in mask_frames:
+        if not 0 < frac < 1:
+            raise AvxError(f"--mask-frames takes a fraction in (0, 1), got {frac}")
+        p = Perturbation("mask", tuple(streams), p=frac, seed=seed)
+        out.append(Setting(p.name, p))
+    for frac in occlude:
+        if not 0 < frac <= 1:
+            raise AvxError(f"--occlude takes a fraction in (0, 1], got {frac}")
+        out.append(Setting(f"occlude {frac:g} of faces", occlude=frac))
+    return out
+
+
+def evaluate_run(
+    path: str | Path,
+    settings: list[Setting] | None = None,
+    *,
+    store: str | None = None,
+    split: str = "test",
+    sfav: bool = False,
+    device: str = "cpu",
+    batch_size: int = 64,
+    seed: int = 0,
+    ece_bins: int = 15,
+    console: Console | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Score run ``path`` under every setting; writes ``RUN/eval.json|csv|md``."""
+    run = load_run(path, device)
+    settings = settings or build_settings(run, sfav=sfav, seed=seed, **kw)
+    data = run.data(store)
+    if not len(data.indices(split)):
+        raise AvxError(f"{path}: split '{split}' has no samples")
+    opts = ReportOptions(threshold=run.threshold, ece_bins=ece_bins)
+    results: dict[str, Any] = {}
+    for st in settings:
+        if console is not None:
+            console.print(f"evaluating {path} on {split}: {st.name}", highlight=False)
+        d = data
+        if st.occlude is not None:
+            from avx.fuse.occlusion import occluded_data
+
+            d = occluded_data(data, st.occlude, split, seed=seed, device=device)
+        pred = predict(run.model, d, split, batch_size, device, st.perturbation)
+        results[st.name] = report(pred, d, opts, fairness=False)
+    dev = predict(run.model, data, "dev", batch_size, device, per_stream=False)
+    test = predict(run.model, data, split, batch_size, device, per_stream=False)
+    out = {
+        "run": str(path),
+        "store": store or run.config.store,
+        "split": split,
+        "task": data.task,
+        "settings": results,
+        "calibration": calibration(dev, test, data, ece_bins),
+    }
+    cols = TABLE_METRICS[data.task]
+    rows = [{"setting": n, **{c: r.get(c, np.nan) for c in cols}} for n, r in results.items()]
+    if sfav:
+        keep = [r for r in rows if r["setting"] in ("clean", "A (video missing)", "V (audio missing)")]
+        rows.append({"setting": "mean (AV, A, V)", **{c: float(np.mean([r[c] for r in keep])) for c in cols}})
+        for r in rows:
+            r["setting"] = {"clean": "AV (clean)"}.get(r["setting"], r["setting"])
+    table = pd.DataFrame(rows)
+    out["table"] = table.to_dict(orient="records")
+    p = Path(path)
+    (p / "eval.json").write_text(json.dumps(jsonable(out), indent=2))
+    table.to_csv(p / "eval.csv", index=False)
+    md = markdown(table)
+    cal = out["calibration"]
+    if cal:
+        md += (
+            f"\n\nECE ({split}) before / after temperature scaling "
+            f"(T = {cal['temperature']:.3f}, fitted on dev): {cal['ece_before']:.4f} / {cal['ece_after']:.4f}"
+        )
+    (p / "eval.md").write_text(md + "\n")
+    out["markdown"] = md
+    return out
+
+
+def predict_run(
+    path: str | Path,
+    *,
+    store: str | None = None,
+    out: str | Path | None = None,
+    split: str = "all",
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> Path:
+    """Predictions of run ``path`` on ``store`` (default: its own), every sample of
+    ``split`` (``all`` includes samples without labels or split). Writes
+    ``OUT/predictions.csv`` (fused and per-stream outputs, fusion weights) and
+    ``OUT/frames.npz`` (per-frame fusion weights, uncertainties and scores by id)."""
+    run = load_run(path, device)
+    data = run.data(store, keep_unlabelled=True)
+    out = Path(out) if out else Path(path) / "predict"
+    out.mkdir(parents=True, exist_ok=True)
+    splits = sorted(set(data.split)) if split == "all" else [split]
+    preds = {}
+    arrays: dict[str, np.ndarray] = {}
+    for sp in splits:
+        idx = data.indices(sp)
+        if not len(idx):
+            continue
+        if not data.frame_level:
+            data.labelled[idx] = True  # score every sample; unlabelled targets are written as -1/0
+        p = predict(run.model, data, idx, batch_size, device, keep_frames=True)
+        preds[sp] = p
+        for i, sid in enumerate(p.ids):
+            if i < len(p.weights) and p.weights[i].ndim == 2:
+                arrays[f"{sid}/fusion_weights"] = p.weights[i]
+            for s, u in p.uncertainty.items():
+                arrays[f"{sid}/uncertainty/{s}"] = u[i]
+            if p.frame_scores:
+                arrays[f"{sid}/scores"] = p.frame_scores[i]
+    write_predictions(out / "predictions.csv", preds, data, run.threshold)
+    np.savez_compressed(out / "frames.npz", **arrays)
+    return out

@@ -1,0 +1,278 @@
+"""Run directories: loading a trained run, trials over folds, comparison tables.
+
+A run directory holds ``config.json`` (everything that determined it), ``model.pt``
+(the selected weights plus what is needed to rebuild the model without the store:
+inputs, task, normaliser, threshold), ``metrics.json`` and ``predictions.csv``. A
+trials directory holds one run per fold (``fold-K/``) plus ``trials.json``,
+``trials.csv`` and ``trials.md`` (mean ± std over folds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from avx.errors import AvxError
+from avx.fuse import metrics as M
+from avx.fuse.data import DataConfig, FusionData, Normalizer, StreamInfo
+from avx.fuse.evaluate import headline
+from avx.fuse.methods import METHODS, FusionMethod, create_method
+from avx.fuse.methods.base import TaskSpec
+from avx.fuse.train import TrainConfig, train
+from avx.store_schema import open_store
+
+TABLE_METRICS = {
+    "multiclass": ("macro_f1", "weighted_f1", "accuracy", "unweighted_accuracy", "ece", "brier"),
+    "multilabel": ("micro_f1", "macro_f1", "jaccard_accuracy", "brier"),
+    "regression": ("ccc", "pearson", "mae", "mse"),
+}
+
+SHORT = {
+    "macro_f1": "mF1",
+    "weighted_f1": "wF1",
+    "micro_f1": "µF1",
+    "accuracy": "acc",
+    "unweighted_accuracy": "UA",
+    "jaccard_accuracy": "jacc",
+    "ccc": "CCC",
+    "pearson": "r",
+    "mae": "MAE",
+    "mse": "MSE",
+    "ece": "ECE",
+    "brier": "Brier",
+}
+
+
+def config_from_json(d: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    data = dict(d["data"])
+    for k in ("streams", "length", "groups", "bins"):
+        if k in data and data[k] is not None:
+            data[k] = tuple(data[k])
+    kw = {k: v for k, v in d.items() if k in names and k != "data"}
+    return TrainConfig(data=DataConfig(**data), **kw)
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to predict: its config, model and saved normaliser."""
+
+    path: Path
+    config: TrainConfig
+    model: FusionMethod
+    normalizer: Normalizer
+    threshold: float | None
+
+    def data(self, store: str | None = None, *, keep_unlabelled: bool = False) -> FusionData:
+        """The run's data selection on its own store (or ``store``), with the saved
+        training normalisation (never refitted on the data being evaluated)."""
+        cls = METHODS.get(self.config.method)
+        data = FusionData(
+            open_store(store or self.config.store),
+            self.config.data,
+            align=cls.needs_alignment,
+            keep_unlabelled=keep_unlabelled,
+        )
+        for s, info in data.info.items():
+            if self.model.inputs[s] != info:
+                raise AvxError(
+                    f"{store}: stream {s} is {info}, the run was trained on {self.model.inputs[s]}"
+                )
+        data.normalizer = self.normalizer
+        return data
+
+
+def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
+    path = Path(path)
+    for f in ("config.json", "model.pt"):
+        if not (path / f).exists():
+            raise AvxError(f"{path}: not a run directory (no {f})")
+    config = config_from_json(json.loads((path / "config.json").read_text()))
+    b = torch.load(path / "model.pt", weights_only=False, map_location=device)
+    inputs = {s: StreamInfo(**i) for s, i in b["inputs"].items()}
+    model = create_method(b["method"], inputs, TaskSpec(**b["task"]), **b["method_config"])
+    try:
+        model.load_state_dict(b["state_dict"])
+    except RuntimeError as e:
+        first = " ".join(str(e).split("\n")[1:2]).strip()
+        raise AvxError(
+            f"{path / 'model.pt'}: does not fit method {b['method']} of this avx ({first})"
+        ) from None
+    model.to(device).eval()
+    return LoadedRun(
+        path,
+        replace(config, device=device),
+        model,
+        Normalizer.from_state_dict(b["normalizer"]),
+        b["threshold"],
+    )
+
+
+# -- trials ------------------------------------------------------------------------------
+
+
+def run_trials(
+    config: TrainConfig, out_dir: str | Path, k: int, *, console: Console | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train on folds 0..k-1 of the protocol; write per-fold runs and a mean ± std table."""
+    out = Path(out_dir)
+    protocol = open_store(config.store).protocol(config.data.protocol)
+    if not 1 <= k <= protocol.n_folds:
+        raise AvxError(f"--trials {k}: protocol '{protocol.name}' has {protocol.n_folds} folds")
+    runs = []
+    for fold in range(k):
+        cfg = replace(config, data=replace(config.data, fold=fold))
+        runs.append(train(cfg, out / f"fold-{fold}", console=console, resume=resume))
+    summary = summarize_trials(runs)
+    (out / "trials.json").write_text(json.dumps(summary, indent=2))
+    table = trials_table(summary)
+    table.to_csv(out / "trials.csv", index=False)
+    (out / "trials.md").write_text(markdown(table) + "\n")
+    return summary
+
+
+def test_values(metrics: dict[str, Any]) -> dict[str, float]:
+    """The table metrics of one run's test split."""
+    test = metrics.get("test") or {}
+    return {m: test[m] for m in TABLE_METRICS[metrics["task"]] if isinstance(test.get(m), int | float)}
+
+
+def summarize_trials(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    first = runs[0]
+    per_fold = [test_values(r) for r in runs]
+    names = list(per_fold[0])
+    return {
+        "method": first["method"],
+        "task": first["task"],
+        "streams": first["streams"],
+        "labels": first["labels"],
+        "protocol": first["protocol"],
+        "folds": [r["fold"] for r in runs],
+        "per_fold": {m: [f.get(m, float("nan")) for f in per_fold] for m in names},
+        "mean": {m: float(np.nanmean([f.get(m, np.nan) for f in per_fold])) for m in names},
+        "std": {
+            m: float(np.nanstd([f.get(m, np.nan) for f in per_fold], ddof=1)) if len(runs) > 1 else 0.0
+            for m in names
+        },
+    }
+
+
+def trials_table(summary: dict[str, Any]) -> pd.DataFrame:
+    rows = [
+        {
+            "metric": m,
+            "mean": summary["mean"][m],
+            "std": summary["std"][m],
+            **{f"fold {k}": v for k, v in zip(summary["folds"], vals, strict=True)},
+        }
+        for m, vals in summary["per_fold"].items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# -- comparison --------------------------------------------------------------------------
+
+
+def _run_values(path: Path) -> tuple[str, str, dict[int, dict[str, float]], dict[str, Any]]:
+    """(method, task, {fold: test metrics}, ci95 of a single run)."""
+    if (path / "trials.json").exists():
+        s = json.loads((path / "trials.json").read_text())
+        folds = {f: {m: v[i] for m, v in s["per_fold"].items()} for i, f in enumerate(s["folds"])}
+        return s["method"], s["task"], folds, {}
+    if (path / "metrics.json").exists():
+        m = json.loads((path / "metrics.json").read_text())
+        return m["method"], m["task"], {m["fold"]: test_values(m)}, (m.get("test") or {}).get("ci95", {})
+    raise AvxError(f"{path}: no metrics.json or trials.json (not a run directory)")
+
+
+def compare_runs(paths: list[str | Path], metric: str | None = None) -> pd.DataFrame:
+    """One row per run: the metric (mean ± std over folds, or value with its bootstrap
+    95% CI), and the paired two-tailed t-test p-value against the first run over the
+    folds both ran (NaN with fewer than two common folds)."""
+    loaded = [(Path(p), *_run_values(Path(p))) for p in paths]
+    task = loaded[0][2]
+    if any(t != task for _, _, t, _, _ in loaded):
+        raise AvxError("runs to compare must share a task")
+    metric = metric or headline(task)
+    ref = loaded[0][3]
+    rows = []
+    for path, method, _, folds, ci in loaded:
+        vals = [folds[f].get(metric, np.nan) for f in sorted(folds)]
+        common = sorted(set(folds) & set(ref))
+        p = (
+            M.paired_ttest([ref[f][metric] for f in common], [folds[f][metric] for f in common])
+            if len(common) > 1
+            else float("nan")
+        )
+        row = {"run": str(path), "method": method, "folds": len(vals), metric: float(np.nanmean(vals))}
+        row["std"] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan")
+        lo, hi = ci.get(metric, [np.nan, np.nan])
+        row["ci95"] = f"[{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else ""
+        row["p_vs_first"] = p
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- console tables ----------------------------------------------------------------------
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "results") -> Table:
+    """Dev and test metrics of one run: the fused model, then each stream's own output."""
+    cols = TABLE_METRICS[metrics["task"]][:3]
+    table = Table(title=title)
+    table.add_column("model", no_wrap=True)
+    for split in ("dev", "test"):
+        for c in cols:
+            table.add_column(f"{split}\n{SHORT.get(c, c)}", justify="right")
+    rows = [(metrics["method"], {sp: metrics.get(sp) or {} for sp in ("dev", "test")})]
+    for s in metrics["streams"]:
+        rows.append(
+            (
+                f"  {s}",
+                {sp: (metrics.get(sp) or {}).get("per_stream", {}).get(s, {}) for sp in ("dev", "test")},
+            )
+        )
+    for name, res in rows:
+        table.add_row(name, *(_fmt(res[sp].get(c)) for sp in ("dev", "test") for c in cols))
+    return table
+
+
+def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -> Table:
+    """Test metrics of several runs side by side (``avx demo``), with bootstrap CIs."""
+    task = results[0]["task"]
+    cols = TABLE_METRICS[task]
+    key = headline(task)
+    table = Table(title=title)
+    table.add_column("method", no_wrap=True)
+    for c in cols:
+        table.add_column(SHORT.get(c, c), justify="right")
+    table.add_column(f"{SHORT.get(key, key)} 95% CI", justify="right")
+    table.add_column("s/epoch", justify="right")
+    for m in results:
+        test = m.get("test") or {}
+        lo, hi = test.get("ci95", {}).get(key, [None, None])
+        ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+        table.add_row(
+            m["method"], *(_fmt(test.get(c)) for c in cols), ci, _fmt(m.get("seconds_per_epoch"), 2)
+        )
+    return table
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, int | float) and v == v else "-"

@@ -1,0 +1,161 @@
+"""Our metrics, losses and weights against scikit-learn, torchmetrics, fairlearn and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    f1_score,
+    jaccard_score,
+    mean_absolute_error,
+    precision_score,
+    recall_score,
+)
+from sklearn.utils.class_weight import compute_class_weight
+from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.functional.regression import concordance_corrcoef
+
+from avx.fuse import metrics as M
+from avx.fuse.tasks import ccc_loss, class_weights, decide, resampling_weights
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def test_multiclass_report_matches_scikit_learn(rng: np.random.Generator) -> None:
+    y, p = rng.integers(0, 6, 300), rng.integers(0, 5, 300)  # class 5 never predicted
+    r = M.multiclass_report(y, p, 6)
+    assert r["accuracy"] == pytest.approx(accuracy_score(y, p)) == r["weighted_accuracy"]
+    assert r["unweighted_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
+    for avg in ("macro", "weighted", "micro"):
+        assert r[f"{avg}_f1"] == pytest.approx(f1_score(y, p, average=avg, zero_division=0))
+        assert r[f"{avg}_precision"] == pytest.approx(precision_score(y, p, average=avg, zero_division=0))
+        assert r[f"{avg}_recall"] == pytest.approx(recall_score(y, p, average=avg, zero_division=0))
+    assert r["macro_f1"] != pytest.approx(r["micro_f1"])  # the averages really differ here
+
+
+def test_multilabel_report_matches_scikit_learn(rng: np.random.Generator) -> None:
+    y = (rng.random((200, 6)) < 0.3).astype(int)
+    p = (rng.random((200, 6)) < 0.3).astype(int)
+    p[:, 2] = 0  # a class never predicted
+    r = M.multilabel_report(y, p)
+    assert r["jaccard_accuracy"] == pytest.approx(jaccard_score(y, p, average="samples", zero_division=1))
+    for avg in ("micro", "macro"):
+        assert r[f"{avg}_f1"] == pytest.approx(f1_score(y, p, average=avg, zero_division=0))
+        assert r[f"{avg}_precision"] == pytest.approx(precision_score(y, p, average=avg, zero_division=0))
+    assert r["subset_accuracy"] == pytest.approx(accuracy_score(y, p))
+
+
+def test_regression_metrics_match_torchmetrics_and_scipy(rng: np.random.Generator) -> None:
+    y = rng.normal(size=(500, 2)).astype(np.float32)
+    p = (0.6 * y + rng.normal(0.2, 0.5, size=y.shape)).astype(np.float32)
+    r = M.regression_report(y, p, ["valence", "arousal"])
+    for k, name in enumerate(["valence", "arousal"]):
+        ref = concordance_corrcoef(torch.tensor(p[:, k]), torch.tensor(y[:, k])).item()
+        assert r[f"ccc_{name}"] == pytest.approx(ref, abs=1e-5)
+        assert r[f"pearson_{name}"] == pytest.approx(stats.pearsonr(y[:, k], p[:, k]).statistic, abs=1e-6)
+        assert r[f"mae_{name}"] == pytest.approx(mean_absolute_error(y[:, k], p[:, k]), abs=1e-6)
+    assert r["ccc"] == pytest.approx((r["ccc_valence"] + r["ccc_arousal"]) / 2)
+    # The training loss is 1 - the metric's CCC.
+    loss = ccc_loss(torch.tensor(p[:, :1]), torch.tensor(y[:, :1])).item()
+    assert loss == pytest.approx(1 - r["ccc_valence"], abs=1e-5)
+
+
+@pytest.mark.parametrize("n_bins", [5, 15])
+def test_ece_and_reliability_match_torchmetrics(rng: np.random.Generator, n_bins: int) -> None:
+    logits = rng.normal(size=(400, 4)) * 2
+    probs = torch.softmax(torch.tensor(logits), -1).numpy()
+    y = rng.integers(0, 4, 400)
+    ref = multiclass_calibration_error(torch.tensor(probs), torch.tensor(y), 4, n_bins=n_bins, norm="l1")
+    assert M.expected_calibration_error(y, probs, n_bins) == pytest.approx(ref.item(), abs=1e-6)
+    diag = M.reliability_diagram(y, probs, n_bins)
+    assert sum(diag["count"]) == 400 and len(diag["accuracy"]) == n_bins
+
+
+def test_brier_is_the_per_class_mean_of_scikit_learns(rng: np.random.Generator) -> None:
+    probs = rng.dirichlet(np.ones(5), 100)
+    y = rng.integers(0, 5, 100)
+    ref = np.mean([brier_score_loss((y == c).astype(int), probs[:, c]) for c in range(5)])
+    assert M.brier_per_class(y, probs) == pytest.approx(ref)
+    multihot = (rng.random((100, 5)) < 0.4).astype(int)
+    ref = np.mean([brier_score_loss(multihot[:, c], probs[:, c]) for c in range(5)])
+    assert M.brier_per_class(multihot, probs) == pytest.approx(ref)
+
+
+def test_temperature_scaling_recovers_overconfidence(rng: np.random.Generator) -> None:
+    true_logits = rng.normal(size=(3000, 3)) * 1.5
+    p = torch.softmax(torch.tensor(true_logits), -1)
+    y = torch.multinomial(p, 1, generator=torch.Generator().manual_seed(0)).squeeze(1).numpy()
+    t = M.fit_temperature(true_logits * 3.0, y)  # 3x overconfident
+    assert t == pytest.approx(3.0, rel=0.15)
+    before = M.expected_calibration_error(y, torch.softmax(torch.tensor(true_logits * 3), -1).numpy())
+    after = M.expected_calibration_error(y, torch.softmax(torch.tensor(true_logits * 3 / t), -1).numpy())
+    assert after < before / 2
+
+
+def test_fairness_matches_fairlearn(rng: np.random.Generator) -> None:
+    groups = rng.choice(["a", "b", "c"], 400)
+    y = rng.integers(0, 2, 400)
+    p = np.where(groups == "a", rng.random(400) < 0.7, rng.random(400) < 0.4).astype(int)
+    assert M.demographic_parity_difference(p, groups) == pytest.approx(
+        demographic_parity_difference(y, p, sensitive_features=groups)
+    )
+    assert M.equalized_odds_difference(y, p, groups) == pytest.approx(
+        equalized_odds_difference(y, p, sensitive_features=groups)
+    )
+    # Multiclass: one-vs-rest per class with fairlearn's definitions, averaged.
+    yc, pc = rng.integers(0, 4, 400), rng.integers(0, 4, 400)
+    rep = M.fairness_report(yc, pc, groups, 4, M.macro_f1)
+    dpd = np.mean(
+        [demographic_parity_difference(yc == c, pc == c, sensitive_features=groups) for c in range(4)]
+    )
+    eod = np.mean([equalized_odds_difference(yc == c, pc == c, sensitive_features=groups) for c in range(4)])
+    assert rep["dpd"] == pytest.approx(dpd) and rep["eod"] == pytest.approx(eod)
+    f1 = {g: f1_score(yc[groups == g], pc[groups == g], average="macro") for g in "abc"}
+    assert rep["macro_f1_by_group"] == pytest.approx(f1)
+    # The two-stage paper's Eq. 2: half the mean absolute pairwise difference.
+    pairs = [abs(f1["a"] - f1["b"]), abs(f1["a"] - f1["c"]), abs(f1["b"] - f1["c"])]
+    assert rep["f1_bias"] == pytest.approx(np.mean(pairs) / 2)
+    one = M.fairness_report(yc, pc, np.full(400, "x"), 4, M.macro_f1)  # a single group
+    assert one["dpd"] == one["eod"] == one["f1_bias"] == 0.0
+
+
+def test_bootstrap_and_paired_ttest(rng: np.random.Generator) -> None:
+    y, p = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
+    p[:150] = y[:150]
+    stat = lambda i: accuracy_score(y[i], p[i])  # noqa: E731
+    lo, hi = M.bootstrap_ci(stat, 300, n_boot=300, seed=1)
+    assert lo < accuracy_score(y, p) < hi and hi - lo < 0.2
+    assert (lo, hi) == M.bootstrap_ci(stat, 300, n_boot=300, seed=1)
+    a, b = rng.normal(0.6, 0.02, 5), rng.normal(0.62, 0.02, 5)
+    assert M.paired_ttest(a, b) == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert np.isnan(M.paired_ttest([0.5], [0.6]))
+
+
+def test_class_weights_and_resampling(rng: np.random.Generator) -> None:
+    y = np.concatenate([np.zeros(50), np.ones(30), np.full(20, 2), [-1, -1]]).astype(int)
+    ref = compute_class_weight("balanced", classes=np.arange(3), y=y[y >= 0])
+    np.testing.assert_allclose(class_weights(y, 3, "inverse"), ref, rtol=1e-6)
+    eff = class_weights(y, 3, "effective:0.99")
+    raw = (1 - 0.99) / (1 - 0.99 ** np.array([50, 30, 20]))
+    np.testing.assert_allclose(eff, raw / raw.sum() * 3, rtol=1e-5)
+    assert eff[2] > eff[1] > eff[0] and class_weights(y, 3, "none") is None
+    w = resampling_weights(y, "over")
+    assert [w[y == c].sum() for c in range(3)] == pytest.approx([50, 50, 50]) and w[y < 0].sum() == 0
+    w = resampling_weights(y, "under")
+    assert [w[y == c].sum() for c in range(3)] == pytest.approx([20, 20, 20])
+
+
+def test_multilabel_decision_rules() -> None:
+    probs = np.array([[0.9, 0.8, 0.1, 0.1], [0.3, 0.3, 0.3, 0.3]])
+    # Share rule: a class is on when its share of the summed probability exceeds 1/C.
+    assert decide(probs, "multilabel", None).tolist() == [[1, 1, 0, 0], [0, 0, 0, 0]]
+    assert decide(probs, "multilabel", 0.25).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
