@@ -378,19 +378,8 @@ def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path)
     assert {"sex", "race", "age_group"} == set(metrics["test"]["fairness"])
     assert metrics["calibration"]["ece_before"] >= 0 and "context" in proc.stdout
 
-    ev = run_avx(
-        "fuse",
-        "eval",
-        run,
-        "--settings",
-        "av,a,v,mean",
-        "--noise",
-        "video",
-        "--mask-frames",
-        "0.5",
-        "--occlude",
-        "0.5",
-    )
+    settings = ["--settings", "av,a,v,mean", "--noise", "video", "--mask-frames", "0.5", "--occlude", "0.5"]
+    ev = run_avx("fuse", "eval", run, *settings)
     table = pd.read_csv(run / "eval.csv").set_index("setting")
     assert {
         "AV (clean)",
@@ -404,19 +393,7 @@ def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path)
     )
     ev_json = json.loads((run / "eval.json").read_text())
     assert "ece_after" in ev_json["calibration"] and "ECE" in ev.stdout
-    again = run_avx(
-        "fuse",
-        "eval",
-        run,
-        "--settings",
-        "av,a,v,mean",
-        "--noise",
-        "video",
-        "--mask-frames",
-        "0.5",
-        "--occlude",
-        "0.5",
-    )
+    again = run_avx("fuse", "eval", run, *settings)
     assert again.stdout == ev.stdout  # perturbations are seeded
 
     run_avx("fuse", "predict", run, "--out", tmp_path / "pred")

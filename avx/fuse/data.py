@@ -38,6 +38,7 @@ from avx.fuse.targets import Targets, resolve_targets
 from avx.store_schema import FeatureStore
 from avx.store_schema import spec as S
 from avx.store_schema.align import average_pool, nearest_index
+from avx.store_schema.reader import Stream
 
 DEMOGRAPHICS = ("sex", "race", "age_group")
 BLOCK_SAMPLES = 512
@@ -167,7 +168,8 @@ class FusionData:
         align: the method needs one clock for every stream (early fusion); the first
             stream's timestamps are used unless ``config.align`` says otherwise.
         keep_unlabelled: keep samples without a target or split (prediction); their
-            split is ``unassigned`` and their targets are masked out.
+            split is ``unassigned`` and their per-sequence targets are -1 (multiclass)
+            or 0: every sample is scored, none should be trained or evaluated on.
     """
 
     def __init__(
@@ -188,6 +190,7 @@ class FusionData:
         self.names = self.targets_all.names  # class names, or dimension names for regression
         self.frame_level = self.targets_all.frame_level
         self.stream_names: list[str] = []
+        self.streams: dict[str, Stream] = {}  # opened once: each open reads the stream's index
         self._layers: dict[str, list[int] | None] = {}
         self.info: dict[str, StreamInfo] = {}
         for spec in config.streams:
@@ -202,7 +205,6 @@ class FusionData:
             rows = np.arange(len(split))
         else:
             rows = np.flatnonzero(labelled & (split != ""))
-        self.labelled = labelled[rows]
         have = {s: self._committed(s) for s in self.stream_names}
         rows = rows[np.any([have[s][rows] for s in self.stream_names], axis=0)]
         self.rows = rows
@@ -229,7 +231,7 @@ class FusionData:
             raise UnknownNameError("stream", name, self.store.streams)
         if name == S.FACES:
             raise AvxError("faces is a crop stream; select features (video/<backbone>) instead")
-        st = self.store.stream(name)
+        st = self.streams[name] = self.store.stream(name)
         shape = st.spec.frame_shape
         axis = st.spec.layer_axis
         if axis is None:
@@ -275,13 +277,12 @@ class FusionData:
         return a
 
     def _committed(self, name: str) -> np.ndarray:
-        st = self.store.stream(name)
-        return np.asarray(st.index[:, 0]) == S.Status.COMMITTED
+        return self.streams[name].index[:, 0] == S.Status.COMMITTED
 
     def selected_bytes(self) -> int:
         total = 0
         for s in self.stream_names:
-            idx = np.asarray(self.store.stream(s).index)[self.rows]
+            idx = self.streams[s].index[self.rows]
             frames = int((idx[:, 3] - idx[:, 2])[self.available[s]].sum())
             total += frames * self.info[s].dim * self.info[s].layers * 4
         return total
@@ -303,7 +304,7 @@ class FusionData:
         raw: dict[str, list[np.ndarray | None]] = {}
         times: dict[str, list[np.ndarray | None]] = {}
         for s in self.stream_names:
-            st = self.store.stream(s)
+            st = self.streams[s]
             ok = [i for i in idx if self.available[s][i]]
             ids = [self.ids[i] for i in ok]
             data = st.read_many(ids) if ids else []
@@ -346,7 +347,7 @@ class FusionData:
         x = np.asarray(x, np.float32)
         sel = self._layers[s]
         if sel is not None:
-            axis = self.store.stream(s).spec.layer_axis
+            axis = self.streams[s].spec.layer_axis
             x = np.moveaxis(x, axis + 1, 1)[:, sel].reshape(len(x), len(sel), -1)
             if len(sel) == 1:
                 x = x[:, 0]
@@ -502,7 +503,7 @@ class FusionData:
             if tv.task != "multiclass":
                 v = np.nan_to_num(v)
             targets = torch.as_tensor(v, dtype=torch.long if tv.task == "multiclass" else torch.float32)
-            tmask = torch.as_tensor(self.labelled[idx])
+            tmask = torch.ones(b, dtype=torch.bool)
         return Batch(
             ids=[str(self.ids[i]) for i in idx],
             index=np.asarray(idx),

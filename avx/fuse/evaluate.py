@@ -25,7 +25,7 @@ import torch
 from avx.fuse import metrics as M
 from avx.fuse.data import Batch, FusionData
 from avx.fuse.methods.base import FusionMethod
-from avx.fuse.tasks import decide, to_probs
+from avx.fuse.tasks import decide, eval_multihot, to_probs
 
 
 @dataclass
@@ -46,6 +46,11 @@ class Predictions:
     weights: list[np.ndarray] = field(default_factory=list)
     uncertainty: dict[str, list[np.ndarray]] = field(default_factory=dict)
     frame_scores: list[np.ndarray] = field(default_factory=list)
+
+    def sample_rows(self) -> list[np.ndarray]:
+        """The rows of each sample (``predict`` writes them grouped by sample, in order)."""
+        counts = np.bincount(self.owner, minlength=len(self.ids))
+        return np.split(np.arange(len(self.owner)), np.cumsum(counts)[:-1])
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,7 @@ def core_metrics(task: str, names: list[str], y: np.ndarray, probs: np.ndarray, 
         out["ece"] = M.expected_calibration_error(y.astype(int), probs, opts.ece_bins)
         out["brier"] = M.brier_per_class(y.astype(int), probs)
     else:
-        yb = (y > 1.0 / len(names)).astype(int) if not set(np.unique(y)) <= {0, 1} else y.astype(int)
+        yb = eval_multihot(y, len(names))
         pred = decide(probs, task, opts.threshold)
         out = M.multilabel_report(yb, pred)
         out["brier"] = M.brier_per_class(yb, probs)
@@ -238,21 +243,16 @@ def report(
         if ok.any():
             out["per_stream"][s] = core_metrics(task, names, pred.y[ok], probabilities(sc[ok], task), opts)
     if fairness and task != "regression" and not data.frame_level:
-        yb = pred.y.astype(int) if task == "multiclass" else (pred.y > 1.0 / len(names)).astype(int)
+        yb = pred.y.astype(int) if task == "multiclass" else eval_multihot(pred.y, len(names))
         decisions = decide(probs, task, opts.threshold)
-        f1 = (
-            (lambda a, b: M.macro_f1(a, b))
-            if task == "multiclass"
-            else (lambda a, b: float(M.prf(a, b, "macro")["macro_f1"]))
-        )
         out["fairness"] = {
-            g: M.fairness_report(yb, decisions, values[pred.index], len(names), f1)
+            g: M.fairness_report(yb, decisions, values[pred.index], len(names))
             for g, values in data.groups.items()
         }
     if opts.bootstrap:
         key = headline(task)
         n = len(pred.ids)
-        rows_of = [np.flatnonzero(pred.owner == i) for i in range(n)]
+        rows_of = pred.sample_rows()
 
         def stat(sample: np.ndarray) -> float:
             rows = np.concatenate([rows_of[i] for i in sample])
@@ -310,7 +310,7 @@ def write_predictions(
         probs = probabilities(p.scores, data.task)
         df = pd.DataFrame({"id": np.asarray(p.ids)[p.owner], "split": split})
         if data.frame_level:
-            df["frame"] = np.concatenate([np.arange((p.owner == i).sum()) for i in range(len(p.ids))])
+            df["frame"] = np.concatenate([np.arange(len(r)) for r in p.sample_rows()])
         _columns(df, "target", p.y, data.names)
         if data.task != "regression":
             _columns(df, "pred", decide(probs, data.task, threshold), data.names)

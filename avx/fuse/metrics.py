@@ -208,14 +208,17 @@ def one_vs_rest(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple
 
 
 def fairness_report(
-    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_classes: int, macro_f1_fn: Callable
+    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_classes: int
 ) -> dict[str, Any]:
-    """DPD and EOD (one-vs-rest, mean over classes), per-group macro-F1 and the F1 bias."""
+    """DPD and EOD (one-vs-rest, mean over classes), per-group macro-F1 and the F1 bias.
+
+    ``y_true``/``y_pred`` are class indices or multi-hot arrays (scikit-learn's macro-F1
+    takes both)."""
     groups = np.asarray(groups).astype(str)
     yt, yp = one_vs_rest(y_true, y_pred, n_classes)
     dpd = [demographic_parity_difference(yp[:, c], groups) for c in range(n_classes)]
     eod = [equalized_odds_difference(yt[:, c], yp[:, c], groups) for c in range(n_classes)]
-    per_group = {str(g): macro_f1_fn(y_true[groups == g], y_pred[groups == g]) for g in np.unique(groups)}
+    per_group = {str(g): macro_f1(y_true[groups == g], y_pred[groups == g]) for g in np.unique(groups)}
     return {
         "dpd": float(np.mean(dpd)),
         "eod": float(np.mean(eod)),

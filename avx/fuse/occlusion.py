@@ -20,6 +20,7 @@ import numpy as np
 
 from avx.errors import AvxError
 from avx.fuse.data import FusionData
+from avx.store_schema import spec as S
 
 if TYPE_CHECKING:
     from avx.extract.backbones.base import VisualBackbone
@@ -42,7 +43,7 @@ def occlude_crops(crops: np.ndarray) -> np.ndarray:
 def _backbone(data: FusionData, stream: str, device: str) -> VisualBackbone:
     from avx.extract.backbones import create_backbone
 
-    prov = data.store.stream(stream).provenance
+    prov = data.streams[stream].provenance
     if prov.get("input_stream") != "faces":
         raise AvxError(f"--occlude: stream {stream} was not computed from face crops")
     weights = prov.get("weights")
@@ -70,9 +71,13 @@ def occluded_data(
     out.features = dict(data.features)
     out.corrupted = {}
     rng = np.random.default_rng(seed)
-    idx = [i for i in data.indices(split) if data.ids[i] in faces]
+    idx = [
+        i for i in data.indices(split) if data.ids[i] in faces and all(data.available[v][i] for v in visual)
+    ]
     ids = [data.ids[i] for i in idx]
-    crops_all = faces.read_many(ids) if ids else []
+    if not ids:
+        raise AvxError(f"--occlude: no sample of split '{split}' has face crops")
+    crops_all = faces.read_many(ids)
     chosen = []
     for crops in crops_all:
         t = len(crops)
@@ -82,26 +87,25 @@ def occluded_data(
         chosen.append(sel)
     for s in visual:
         bb = _backbone(data, s, device)
-        stored = data.store.stream(s)
-        if ids:
-            clean, _ = bb(crops_all[0])
-            ref = stored[ids[0]].reshape(clean.shape).astype(np.float32)
-            err = float(np.abs(clean - ref).max() / (np.abs(ref).max() + 1e-12))
-            if err > 1e-2:
-                raise AvxError(
-                    f"--occlude: re-running {s} does not reproduce the stored features "
-                    f"(relative error {err:.3g}); the weights in its provenance are not available here"
-                )
+        stored = data.streams[s]
+        raws = stored.read_many(ids)  # one read per part, as the data layer reads
+        times_all = stored.read_many(ids, S.TIMESTAMPS) if data.align else [None] * len(ids)
+        clean, _ = bb(crops_all[0])
+        ref = raws[0].reshape(clean.shape).astype(np.float32)
+        err = float(np.abs(clean - ref).max() / (np.abs(ref).max() + 1e-12))
+        if err > 1e-2:
+            raise AvxError(
+                f"--occlude: re-running {s} does not reproduce the stored features "
+                f"(relative error {err:.3g}); the weights in its provenance are not available here"
+            )
         feats = list(out.features[s])
         corrupted: list[np.ndarray | None] = [None] * len(data.ids)
-        all_crops = np.concatenate([occlude_crops(c[m]) for c, m in zip(crops_all, chosen, strict=True)])
-        new = bb(all_crops)[0] if len(all_crops) else np.zeros((0,))
+        new = bb(np.concatenate([occlude_crops(c[m]) for c, m in zip(crops_all, chosen, strict=True)]))[0]
         pos = 0
-        for i, sid, m in zip(idx, ids, chosen, strict=True):
-            raw = stored[sid].astype(np.float32).copy()
+        for i, m, raw, times in zip(idx, chosen, raws, times_all, strict=True):
+            raw = raw.astype(np.float32)  # a copy: the stored block stays untouched
             raw[m] = new[pos : pos + m.sum()].reshape(raw[m].shape)
             pos += int(m.sum())
-            times = stored.timestamps(sid) if data.align else None
             ref = data.ref_times[i]
             feats[i] = data._process(s, raw, times, ref)
             corrupted[i] = data.place(s, m.astype(np.float32)[:, None], times, ref)[:, 0] > 0.5

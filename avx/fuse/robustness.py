@@ -124,6 +124,7 @@ def evaluate_run(
         raise AvxError(f"{path}: split '{split}' has no samples")
     opts = ReportOptions(threshold=run.threshold, ece_bins=ece_bins)
     results: dict[str, Any] = {}
+    clean = None
     for st in settings:
         if console is not None:
             console.print(f"evaluating {path} on {split}: {st.name}", highlight=False)
@@ -134,15 +135,20 @@ def evaluate_run(
             d = occluded_data(data, st.occlude, split, seed=seed, device=device)
         pred = predict(run.model, d, split, batch_size, device, st.perturbation)
         results[st.name] = report(pred, d, opts, fairness=False)
-    dev = predict(run.model, data, "dev", batch_size, device, per_stream=False)
-    test = predict(run.model, data, split, batch_size, device, per_stream=False)
+        if st.perturbation is None and st.occlude is None:
+            clean = pred
+    cal: dict[str, Any] = {}
+    if data.task == "multiclass":  # temperature scaling and top-label ECE need classes
+        dev = predict(run.model, data, "dev", batch_size, device, per_stream=False)
+        test = clean if clean is not None else predict(run.model, data, split, batch_size, device)
+        cal = calibration(dev, test, data, ece_bins)
     out = {
         "run": str(path),
         "store": store or run.config.store,
         "split": split,
         "task": data.task,
         "settings": results,
-        "calibration": calibration(dev, test, data, ece_bins),
+        "calibration": cal,
     }
     cols = TABLE_METRICS[data.task]
     rows = [{"setting": n, **{c: r.get(c, np.nan) for c in cols}} for n, r in results.items()]
@@ -192,8 +198,6 @@ def predict_run(
         idx = data.indices(sp)
         if not len(idx):
             continue
-        if not data.frame_level:
-            data.labelled[idx] = True  # score every sample; unlabelled targets are written as -1/0
         p = predict(run.model, data, idx, batch_size, device, keep_frames=True)
         preds[sp] = p
         for i, sid in enumerate(p.ids):

@@ -144,6 +144,14 @@ def decide(probs: np.ndarray, kind: str, threshold: float | None) -> np.ndarray:
     return probs
 
 
+def eval_multihot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Multi-label targets as the multi-hot metrics score against: multi-hot targets as
+    they are, distributional (soft) targets as share > 1/C (the store's multi-hot rule)."""
+    if set(np.unique(y)) <= {0, 1}:
+        return y.astype(int)
+    return (y > 1.0 / n_classes).astype(int)
+
+
 def tune_threshold(y: np.ndarray, probs: np.ndarray) -> float:
     """The global probability threshold maximising micro-F1 on dev."""
     from sklearn.metrics import f1_score

@@ -44,7 +44,14 @@ from avx.fuse.evaluate import (
 )
 from avx.fuse.methods import METHODS, FusionMethod, create_method
 from avx.fuse.methods.base import TaskSpec
-from avx.fuse.tasks import REGRESSION_LOSSES, Objective, class_weights, resampling_weights, tune_threshold
+from avx.fuse.tasks import (
+    REGRESSION_LOSSES,
+    Objective,
+    class_weights,
+    eval_multihot,
+    resampling_weights,
+    tune_threshold,
+)
 from avx.store_schema import open_store
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -211,8 +218,7 @@ def _sample_weights(cfg: TrainConfig, data: FusionData) -> np.ndarray | None:
     if data.task != "multiclass" or data.frame_level:
         raise AvxError("--sampling over|under needs per-sequence multiclass targets")
     y = np.full(len(data.ids), -1)
-    train = data.indices("train")
-    y[train] = data.targets_all.values[data.rows[train]]
+    y[data.indices("train")] = _train_labels(data)
     return resampling_weights(y, cfg.sampling)
 
 
@@ -387,7 +393,7 @@ class Trainer:
         dev = predict(self.model, self.data, "dev", bs, dev_)
         if self.cfg.threshold == "tune" and self.data.task == "multilabel" and len(dev.y):
             self.threshold = tune_threshold(
-                (dev.y > 1 / len(self.data.names)).astype(int), probabilities(dev.scores, "multilabel")
+                eval_multihot(dev.y, len(self.data.names)), probabilities(dev.scores, "multilabel")
             )
         test = predict(self.model, self.data, "test", bs, dev_)
         opts = ReportOptions(threshold=self.threshold, bootstrap=self.cfg.bootstrap, seed=self.cfg.seed)
@@ -441,7 +447,7 @@ class Trainer:
         resolved["run"] = _run_key(self.cfg)
         resolved["method_config"] = asdict(self.model.config)
         resolved["names"] = self.data.names
-        resolved["stream_provenance"] = {s: self.store.stream(s).provenance for s in self.data.stream_names}
+        resolved["stream_provenance"] = {s: st.provenance for s, st in self.data.streams.items()}
         resolved["avx_version"] = __version__
         resolved["torch_version"] = torch.__version__
         (self.out / "config.json").write_text(json.dumps(jsonable(resolved), indent=2, default=str))

@@ -20,12 +20,13 @@ freezes layers) without forking the trainer:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from avx.errors import AvxError
 from avx.fuse.data import Batch, StreamInfo
 from avx.registry import Registry
 
@@ -168,10 +169,6 @@ METHODS: Registry[type[FusionMethod]] = Registry("fusion method", "avx.fuse.meth
 
 def create_method(name: str, inputs: dict[str, StreamInfo], task: TaskSpec, **overrides: Any) -> FusionMethod:
     """Build method ``name`` with its default config updated by ``overrides``."""
-    from dataclasses import fields
-
-    from avx.errors import AvxError
-
     cls = METHODS.get(name)
     valid = {f.name for f in fields(cls.config_class)}
     if bad := set(overrides) - valid:
