@@ -294,7 +294,7 @@ class FusionData:
             if g == "age_group" and "age" in samples:
                 out[g] = age_group(samples["age"].to_numpy())
             elif g in samples:
-                out[g] = samples[g].astype(str).fillna("unknown").to_numpy()
+                out[g] = samples[g].fillna("unknown").astype(str).to_numpy()
         return out
 
     # -- loading -----------------------------------------------------------------------
