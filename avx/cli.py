@@ -309,10 +309,16 @@ def _floats(values: list[str] | None) -> list[float]:
 Opt = Optional  # typer needs Optional (not X | None) inside Annotated options
 
 
+def _explicit(ctx: typer.Context) -> set[str]:
+    """Options the user gave on the command line (a preset fills in only the others)."""
+    given = ("COMMANDLINE", "ENVIRONMENT")  # by name: typer may vendor its own click
+    return {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", None) in given}
+
+
 @fuse_app.command("train")
 def fuse_train(
+    ctx: typer.Context,
     store: Annotated[str, typer.Option(help="Store path or URL.")],
-    method: Annotated[str, typer.Option(help="Fusion method (see `avx fuse methods`).")],
     streams: Annotated[
         str,
         typer.Option(
@@ -322,6 +328,13 @@ def fuse_train(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Run directory (or trials directory with --trials).")
     ],
+    method: Annotated[
+        Opt[str], typer.Option(help="Fusion method (see `avx fuse methods`); implied by --preset.")
+    ] = None,
+    preset: Annotated[
+        Opt[str],
+        typer.Option(help="A paper's training recipe (see `avx fuse presets`); explicit options win."),
+    ] = None,
     labels: Annotated[
         str,
         typer.Option(
@@ -386,9 +399,12 @@ def fuse_train(
 ) -> None:
     """Train a fusion method; writes RUN/metrics.json, config.json, model.pt, predictions.csv."""
     from avx.fuse.data import DataConfig
+    from avx.fuse.presets import apply_preset
     from avx.fuse.runs import markdown, run_trials, trials_table
     from avx.fuse.train import TrainConfig, train
 
+    if method is None and preset is None:
+        raise AvxError("give --method (see `avx fuse methods`) or --preset (see `avx fuse presets`)")
     lo, _, hi = bins.partition(",")
     thr: float | str | None = threshold
     if threshold not in (None, "tune"):
@@ -398,7 +414,7 @@ def fuse_train(
             raise AvxError(f"--threshold takes a number or 'tune', not '{threshold}'") from None
     config = TrainConfig(
         store=store,
-        method=method,
+        method=method or "",
         data=DataConfig(
             streams=_split_csv([streams]),
             labels=labels,
@@ -437,6 +453,9 @@ def fuse_train(
         tensorboard=tensorboard,
         method_config=_kv(option),
     )
+    if preset:
+        config = apply_preset(config, preset, _explicit(ctx))
+    method = config.method
     if trials:
         summary = run_trials(config, out_dir, trials, console=err, resume=resume)
         out.print(markdown(trials_table(summary)), highlight=False)
@@ -564,6 +583,32 @@ def fuse_methods() -> None:
             cls.missing,
         )
     out.print(table)
+
+
+@fuse_app.command("plot")
+def fuse_plot(
+    frames: Annotated[
+        Path, typer.Argument(help="Directory written by `avx fuse predict` (or its frames.npz).")
+    ],
+    sample_id: Annotated[str, typer.Option("--id", help="Sample to draw.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Image to write (.png, .pdf, .svg).")],
+    output: Annotated[int, typer.Option(help="Output (dimension or class) to draw.")] = 0,
+) -> None:
+    """Per-frame predictions and fusion weights of one sample over time (COLD Figs. 5-6)."""
+    from avx.fuse.plots import plot_frames
+
+    out.print(f"wrote {plot_frames(frames, sample_id, out_path, output=output)}")
+
+
+@fuse_app.command("presets")
+def fuse_presets() -> None:
+    """Training recipes from the papers: method, settings, and where they come from."""
+    from avx.fuse.presets import PRESETS
+
+    for p in PRESETS.values():
+        settings = ", ".join(f"{k}={v}" for k, v in {**p.train, **p.data, **p.method_config}.items())
+        out.print(f"[bold]{p.name}[/] (method {p.method}): {settings}", highlight=False)
+        out.print(f"  {p.source}", highlight=False)
 
 
 @corpus_app.command("list")

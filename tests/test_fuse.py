@@ -244,7 +244,7 @@ def test_per_frame_targets_train_and_predict_per_frame_weights(demo_store: Path,
     frames = np.load(out / "frames.npz")
     store = open_store(demo_store)
     row = {sid: i for i, sid in enumerate(store.sample_ids)}
-    ids = {k.split("/")[0] for k in frames.files}
+    ids = {k.split("/")[0] for k in frames.files} - {"_meta"}
     assert len(ids) == m["n_samples"]["train"] + m["n_samples"]["dev"] + m["n_samples"]["test"]
     for sid in list(ids)[:5]:
         w = frames[f"{sid}/fusion_weights"]

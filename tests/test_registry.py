@@ -24,7 +24,7 @@ def test_unknown_names_list_valid_ones() -> None:
     msg = str(e.value)
     assert msg.startswith("unknown backbone 'wavlm-huge'; valid: ")
     assert "mfcc" in msg and "mobilenetv2" in msg and "\n" not in msg
-    with pytest.raises(UnknownNameError, match="valid: context, early, late, mult, tav, tva, unimodal"):
+    with pytest.raises(UnknownNameError, match="valid: cold, context, early, late, mult, tav, tva, unimodal"):
         METHODS.get("nope")
     with pytest.raises(UnknownNameError, match="cremad"):
         CORPORA.get("crema")
@@ -92,9 +92,10 @@ def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> N
     b.inputs["video/v"][1] = 0
     out = model(b)
     assert out.logits.shape == (3, 3) and torch.isfinite(out.logits).all()
-    if out.fusion_weights is not None:
-        assert out.fusion_weights[1, 1] == 0  # the absent stream gets no weight
-        assert torch.allclose(out.fusion_weights.sum(1), torch.ones(3))
+    if out.fusion_weights is not None:  # [B, M], or per frame [B, T, M]
+        w = out.fusion_weights
+        assert (w[1, ..., 1] == 0).all()  # the absent stream gets no weight
+        assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]))
     terms = model.loss(out, b, Objective("multiclass"))
     # Every parameter must reach some output: the loss or a per-stream prediction.
     extra = sum(lg.sum() for lg in out.modality_logits.values()) * 1e-3

@@ -96,6 +96,8 @@ class Batch:
     present: dict[str, torch.Tensor]  # [B] bool
     targets: torch.Tensor  # [B] | [B, K] | [B, T] | [B, T, K]
     target_mask: torch.Tensor  # [B] | [B, T] bool
+    # Frames a test-time perturbation corrupted, per stream ([B, T] bool), for analyses.
+    corrupted: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: str | torch.device) -> Batch:
         mv = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731

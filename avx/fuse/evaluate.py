@@ -46,6 +46,8 @@ class Predictions:
     weights: list[np.ndarray] = field(default_factory=list)
     uncertainty: dict[str, list[np.ndarray]] = field(default_factory=dict)
     frame_scores: list[np.ndarray] = field(default_factory=list)
+    frame_stream_scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    corrupted: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def sample_rows(self) -> list[np.ndarray]:
         """The rows of each sample (``predict`` writes them grouped by sample, in order)."""
@@ -59,10 +61,16 @@ class Perturbation:
 
     Attributes:
         kind: ``missing`` (streams absent), ``noise`` (replaced by N(0, 1), or N(0, s²)
-            added for ``snr`` dB), ``mask`` (a fraction ``p`` of frames zeroed).
+            added for ``snr`` dB; when ``p`` > 0 only on one run of consecutive frames
+            covering a fraction ``p`` of each sample, at a random start, as COLD
+            corrupts faces, else on every frame), ``mask`` (a random fraction ``p`` of
+            frames zeroed, each frame drawn independently, as VAVL masks).
         streams: the affected streams.
         p / snr: the amount.
         policy: how ``missing`` is presented: ``mask`` (presence mask off) or ``zeros``.
+
+    ``noise`` and ``mask`` record the frames they changed in ``Batch.corrupted``, so a
+    report can compare fusion weights on corrupted and clean frames.
     """
 
     kind: str
@@ -74,9 +82,10 @@ class Perturbation:
 
     def apply(self, batch: Batch, generator: torch.Generator) -> Batch:
         inputs, masks, present = dict(batch.inputs), dict(batch.masks), dict(batch.present)
+        corrupted = dict(batch.corrupted)
+        expand = lambda t, x: t.view(*t.shape, *[1] * (x.dim() - 2)).to(x.dtype)  # noqa: E731
         for s in self.streams:
             x, m = inputs[s], masks[s]
-            mm = m.view(*m.shape, *[1] * (x.dim() - 2)).to(x.dtype)
             if self.kind == "missing":
                 inputs[s] = torch.zeros_like(x)
                 if self.policy == "mask":
@@ -84,22 +93,26 @@ class Perturbation:
                     present[s] = torch.zeros_like(present[s])
             elif self.kind == "noise":
                 noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+                hit = m if self.p <= 0 else _span(m, self.p, generator)
+                mm = expand(hit, x)
                 if self.snr is None:
-                    inputs[s] = noise * mm
+                    inputs[s] = x * (1 - mm) + noise * mm
                 else:
+                    real = expand(m, x)
                     dims = tuple(range(1, x.dim()))
-                    power = (x**2 * mm).sum(dims, keepdim=True) / (
-                        mm.sum(dims, keepdim=True) * x[0, 0].numel()
+                    power = (x**2 * real).sum(dims, keepdim=True) / (
+                        real.sum(dims, keepdim=True) * x[0, 0].numel()
                     ).clamp_min(1)
                     scale = (power / 10 ** (self.snr / 10)).sqrt()
                     inputs[s] = x + noise * scale * mm
+                corrupted[s] = hit
             elif self.kind == "mask":
                 drop = (torch.rand(m.shape, generator=generator).to(m.device) < self.p) & m
-                keep = (~drop).view(*m.shape, *[1] * (x.dim() - 2)).to(x.dtype)
-                inputs[s] = x * keep
+                inputs[s] = x * expand(~drop, x)
+                corrupted[s] = drop
             else:
                 raise ValueError(f"unknown perturbation {self.kind}")
-        return replace(batch, inputs=inputs, masks=masks, present=present)
+        return replace(batch, inputs=inputs, masks=masks, present=present, corrupted=corrupted)
 
     @property
     def name(self) -> str:
@@ -107,8 +120,19 @@ class Perturbation:
         if self.kind == "missing":
             return f"missing {what}"
         if self.kind == "noise":
-            return f"noise {what}" + (f" @{self.snr:g} dB" if self.snr is not None else " N(0,1)")
+            frac = f" on {self.p:g} of frames" if self.p > 0 else ""
+            return f"noise {what}" + (f" @{self.snr:g} dB" if self.snr is not None else " N(0,1)") + frac
         return f"mask {self.p:g} of frames"
+
+
+def _span(mask: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Per row of ``mask [B, T]``: one run of ``round(p * n)`` consecutive real frames
+    (``n`` real frames) starting at a random frame."""
+    n = mask.sum(1)
+    k = torch.round(p * n.float()).long()
+    start = (torch.rand(len(n), generator=generator) * (n - k + 1).cpu()).long().to(mask.device)
+    t = torch.arange(mask.shape[1], device=mask.device)
+    return (t >= start[:, None]) & (t < (start + k)[:, None]) & mask
 
 
 def _only(batch: Batch, keep: str, policy: str) -> Batch:
@@ -136,6 +160,9 @@ def predict(
     weights: list[np.ndarray] = []
     unc: dict[str, list[np.ndarray]] = {}
     frame_scores: list[np.ndarray] = []
+    stream_frames: dict[str, list[np.ndarray]] = {}
+    corrupted: dict[str, list[np.ndarray]] = {}
+    data_corrupted = getattr(data, "corrupted", {})  # face occlusion marks its frames here
     offset = 0
     for batch in data.batches(split, batch_size):
         if perturbation is not None:
@@ -170,8 +197,17 @@ def predict(
             weights += _trim(out.fusion_weights, lengths, 3)
         for s, u in out.uncertainty.items():
             unc.setdefault(s, []).extend(_trim(u, lengths, 2))
+        for s, c in batch.corrupted.items():
+            corrupted.setdefault(s, []).extend(_trim(c, lengths, 2))
+        for s, flags in data_corrupted.items():
+            corrupted.setdefault(s, []).extend(
+                np.zeros(n, bool) if flags[i] is None else flags[i][:n]
+                for i, n in zip(batch.index, lengths, strict=True)
+            )
         if keep_frames and out.logits.dim() == 3:
             frame_scores += _trim(out.logits, lengths, 3)
+            for s, lg in out.modality_logits.items():
+                stream_frames.setdefault(s, []).extend(_trim(lg, lengths, 3))
     cat = lambda xs, k=0: np.concatenate(xs) if xs else np.zeros((0, *([k] if k else [])))  # noqa: E731
     return Predictions(
         ids=ids,
@@ -183,7 +219,41 @@ def predict(
         weights=weights,
         uncertainty=unc,
         frame_scores=frame_scores,
+        frame_stream_scores=stream_frames,
+        corrupted=corrupted,
     )
+
+
+def mean_weights(pred: Predictions, streams: list[str]) -> dict[str, float]:
+    """Mean fusion weight of each stream over every frame (or sample) predicted."""
+    w = np.concatenate([x.reshape(-1, x.shape[-1]) for x in pred.weights])
+    return {s: float(w[:, k].mean()) for k, s in enumerate(streams)}
+
+
+def weights_on_corrupted(pred: Predictions, streams: list[str]) -> dict[str, dict[str, float]]:
+    """Mean per-frame fusion weight of each corrupted stream on its corrupted and on its
+    clean frames (COLD's Fig. 5 as numbers). Empty when the method has no per-frame
+    weights or nothing was corrupted frame by frame."""
+    out = {}
+    for s, flags in pred.corrupted.items():
+        if s not in streams or not pred.weights or pred.weights[0].ndim != 2:
+            continue
+        k = streams.index(s)
+        on, off = [], []
+        for w, f in zip(pred.weights, flags, strict=True):
+            n = min(len(w), len(f))
+            col, hit = w[:n, k], f[:n].astype(bool)
+            on.append(col[hit])
+            off.append(col[~hit])
+        on_, off_ = np.concatenate(on), np.concatenate(off)
+        if len(on_):
+            out[s] = {
+                "corrupted": float(on_.mean()),
+                "clean": float(off_.mean()) if len(off_) else float("nan"),
+                "n_corrupted": len(on_),
+                "n_clean": len(off_),
+            }
+    return out
 
 
 def _trim(t: torch.Tensor, lengths: list[int], per_frame_dims: int) -> list[np.ndarray]:
@@ -318,7 +388,8 @@ def write_predictions(
         for s, sc in p.per_stream.items():
             _columns(df, s, probabilities(sc, data.task), data.names)
         if p.weights and not data.frame_level:
-            w = np.stack(p.weights)
+            # Per-frame weights (COLD) are summarised by their mean over the sample's frames.
+            w = np.stack([x.mean(0) if x.ndim == 2 else x for x in p.weights])
             for k, s in enumerate(data.stream_names):
                 df[f"weight:{s}"] = w[:, k]
         frames.append(df)

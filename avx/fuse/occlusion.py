@@ -1,11 +1,12 @@
 """Face occlusion at test time: a stand-in for COLD's face-mask corruption.
 
-A fraction ``p`` of each clip's face crops (chosen at random, seeded) gets a lower-face
-patch — a flat light-blue rectangle from just below the nose to the chin, like a
-surgical mask — and the visual stream's backbone is re-run on those crops. The backbone
-is rebuilt from the stream's provenance (name, weights); before trusting it, the clean
-crops of the first clip are re-encoded and compared with the stored features, so an
-occlusion result never silently mixes two different feature extractors.
+A fraction ``p`` of each clip's face crops (one run of consecutive frames at a random,
+seeded start, as COLD masks faces in its Fig. 5) gets a lower-face patch — a flat
+light-blue rectangle from just below the nose to the chin, like a surgical mask — and
+the visual stream's backbone is re-run on those crops. The backbone is rebuilt from the
+stream's provenance (name, weights); before trusting it, the clean crops of the first
+clip are re-encoded and compared with the stored features, so an occlusion result
+never silently mixes two different feature extractors.
 
 Needs the ``faces`` stream, a visual backbone stream computed from it, and the run's
 features in memory.
@@ -83,7 +84,8 @@ def occluded_data(
         t = len(crops)
         k = round(p * t)
         sel = np.zeros(t, bool)
-        sel[rng.choice(t, size=k, replace=False)] = True
+        start = int(rng.integers(0, t - k + 1))
+        sel[start : start + k] = True
         chosen.append(sel)
     for s in visual:
         bb = _backbone(data, s, device)

@@ -6,13 +6,18 @@ Settings (each scored with the run's own metrics, on ``split``):
 - ``missing M`` — modality M (``audio``/``video``/``text`` or a stream name) absent,
   presented the way the method expects (presence mask, or zeros for early fusion);
 - ``noise M`` — M replaced by N(0, 1) in the normalised feature space, or with
-  ``snr`` N(0, s²) added at that signal-to-noise ratio;
+  ``snr`` N(0, s²) added at that signal-to-noise ratio; ``M:P`` corrupts a random
+  fraction P of M's frames only;
 - ``mask P`` — a random fraction P of every stream's frames zeroed (VAVL Fig. 2);
 - ``occlude P`` — P of the face crops get a lower-face patch and the visual backbone
   is re-run on them (:mod:`avx.fuse.occlusion`).
 
 ``sfav=True`` adds SFAV's layout: AV (clean), A (video missing), V (audio missing) and
 their mean. Every perturbation is seeded, so two evaluations agree exactly.
+
+For methods with per-frame fusion weights (COLD), settings that corrupt frames one by
+one (``noise M:P``, ``mask P``, ``occlude P``) also report the mean weight of the
+corrupted stream on its corrupted and on its clean frames.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from avx.fuse.evaluate import (
     ReportOptions,
     calibration,
     jsonable,
+    mean_weights,
     predict,
     report,
+    weights_on_corrupted,
     write_predictions,
 )
 from avx.fuse.runs import TABLE_METRICS, LoadedRun, load_run, markdown
@@ -88,7 +95,11 @@ def build_settings(
         p = Perturbation("missing", streams_of(m, streams), policy=policy, seed=seed)
         out.append(Setting(p.name, p))
     for m in noise:
-        p = Perturbation("noise", streams_of(m, streams), snr=snr, seed=seed)
+        what, _, frac = m.partition(":")
+        f = float(frac) if frac else 0.0
+        if not 0 <= f <= 1:
+            raise AvxError(f"--noise {m}: the fraction of frames must be in (0, 1]")
+        p = Perturbation("noise", streams_of(what, streams), p=f, snr=snr, seed=seed)
         out.append(Setting(p.name, p))
     for frac in mask_frames:
         if not 0 < frac < 1:
@@ -135,6 +146,10 @@ def evaluate_run(
             d = occluded_data(data, st.occlude, split, seed=seed, device=device)
         pred = predict(run.model, d, split, batch_size, device, st.perturbation)
         results[st.name] = report(pred, d, opts, fairness=False)
+        if pred.weights:
+            results[st.name]["mean_fusion_weight"] = mean_weights(pred, run.model.streams)
+        if shift := weights_on_corrupted(pred, run.model.streams):
+            results[st.name]["fusion_weight"] = shift
         if st.perturbation is None and st.occlude is None:
             clean = pred
     cal: dict[str, Any] = {}
@@ -169,6 +184,12 @@ def evaluate_run(
             f"\n\nECE ({split}) before / after temperature scaling "
             f"(T = {cal['temperature']:.3f}, fitted on dev): {cal['ece_before']:.4f} / {cal['ece_after']:.4f}"
         )
+    for name, r in results.items():
+        for s, w in r.get("fusion_weight", {}).items():
+            md += (
+                f"\n\n{name}: mean fusion weight of {s} on corrupted / clean frames: "
+                f"{w['corrupted']:.3f} / {w['clean']:.3f} ({w['n_corrupted']} / {w['n_clean']} frames)"
+            )
     (p / "eval.md").write_text(md + "\n")
     out["markdown"] = md
     return out
@@ -186,7 +207,9 @@ def predict_run(
     """Predictions of run ``path`` on ``store`` (default: its own), every sample of
     ``split`` (``all`` includes samples without labels or split). Writes
     ``OUT/predictions.csv`` (fused and per-stream outputs, fusion weights) and
-    ``OUT/frames.npz`` (per-frame fusion weights, uncertainties and scores by id)."""
+    ``OUT/frames.npz`` (by id: per-frame fusion weights, uncertainties, fused and
+    per-stream scores, targets and frame times, where the method and task have them;
+    :func:`avx.fuse.plots.plot_frames` draws them)."""
     run = load_run(path, device)
     data = run.data(store, keep_unlabelled=True)
     out = Path(out) if out else Path(path) / "predict"
@@ -207,6 +230,16 @@ def predict_run(
                 arrays[f"{sid}/uncertainty/{s}"] = u[i]
             if p.frame_scores:
                 arrays[f"{sid}/scores"] = p.frame_scores[i]
+            for s, sc in p.frame_stream_scores.items():
+                arrays[f"{sid}/scores/{s}"] = sc[i]
+            j = p.index[i]
+            if data.target_frames is not None and data.target_frames[j] is not None:
+                arrays[f"{sid}/target"] = data.target_frames[j]
+            if j < len(data.ref_times) and data.ref_times[j] is not None:
+                arrays[f"{sid}/times"] = data.ref_times[j]
+    arrays["_meta/streams"] = np.asarray(run.model.streams)
+    arrays["_meta/names"] = np.asarray(data.names)
+    arrays["_meta/task"] = np.asarray(data.task)
     write_predictions(out / "predictions.csv", preds, data, run.threshold)
     np.savez_compressed(out / "frames.npz", **arrays)
     return out

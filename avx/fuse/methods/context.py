@@ -4,9 +4,10 @@ into one shared output layer (COLD's "temporal context fusion", its strongest ba
 Per sequence, each stream's context states are averaged over its real frames before
 concatenation; per frame (aligned streams), frame i's context vectors ``h_i^V, h_i^A``
 are concatenated. A missing stream contributes a zero context vector. Per-stream heads
-on each context vector are trained jointly when ``unimodal_weight`` > 0 (0 by default,
-as COLD's baseline); untrained heads are never reported: a stream's own prediction is
-then the fused model with the other streams absent.
+on each context vector are trained jointly when ``unimodal_weight`` > 0 (0 by default;
+COLD trains unimodal branches in all its fusion models, so compare with ``cold`` at 1);
+untrained heads are never reported: a stream's own prediction is then the fused model
+with the other streams absent.
 """
 
 from __future__ import annotations

@@ -1,0 +1,105 @@
+"""Figures of per-frame behaviour: predictions and fusion weights over time (COLD Figs. 5-6).
+
+:func:`plot_frames` reads the ``frames.npz`` that ``avx fuse predict`` writes and draws,
+for one sample, the target and the fused and per-stream predictions (top) and each
+stream's fusion weight (bottom), shading frames a test-time corruption touched when the
+file has them. It needs matplotlib (``pip install 'avx[plot]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from avx.errors import AvxError
+
+
+def _load(path: str | Path) -> dict[str, np.ndarray]:
+    p = Path(path)
+    p = p / "frames.npz" if p.is_dir() else p
+    if not p.exists():
+        raise AvxError(f"{p}: no frames.npz here; write one with `avx fuse predict RUN`")
+    with np.load(p) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _track(scores: np.ndarray, task: str, output: int, target: np.ndarray | None) -> np.ndarray:
+    """One curve from per-frame scores: the value of ``output`` (regression) or the
+    probability of the target class (classification; of ``output`` without targets)."""
+    if task == "regression":
+        return scores[:, output] if scores.ndim == 2 else scores
+    if task == "multilabel":
+        return (1 / (1 + np.exp(-scores)))[:, output]
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    probs = e / e.sum(-1, keepdims=True)
+    if target is not None and target.ndim == 1 and len(target) >= len(probs):
+        cls = np.clip(target[: len(probs)].astype(int), 0, probs.shape[1] - 1)
+        return probs[np.arange(len(probs)), cls]
+    return probs[:, output]
+
+
+def plot_frames(
+    frames: str | Path,
+    sample_id: str,
+    out: str | Path,
+    *,
+    output: int = 0,
+    corrupted: np.ndarray | None = None,
+) -> Path:
+    """Draw sample ``sample_id`` of ``frames`` (a predict directory or its
+    ``frames.npz``) into ``out`` (any format matplotlib writes, by suffix)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise AvxError("plotting needs matplotlib: pip install 'avx[plot]'") from None
+    arr = _load(frames)
+    prefix = f"{sample_id}/"
+    mine = {k[len(prefix) :]: v for k, v in arr.items() if k.startswith(prefix)}
+    if not mine:
+        raise AvxError(f"{frames}: no per-frame outputs for sample '{sample_id}'")
+    streams = [str(s) for s in arr.get("_meta/streams", [])]
+    task = str(arr.get("_meta/task", "regression"))
+    names = [str(n) for n in arr.get("_meta/names", [])]
+    weights = mine.get("fusion_weights")
+    n = len(weights) if weights is not None else len(mine.get("scores", []))
+    if not n:
+        raise AvxError(f"{frames}: sample '{sample_id}' has neither per-frame scores nor weights")
+    times = mine.get("times")
+    t = times[:n] if times is not None and len(times) >= n else np.arange(n)
+    target = mine.get("target")
+    panels = 2 if weights is not None and "scores" in mine else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True, squeeze=False)
+    ax = axes[0, 0]
+    if "scores" in mine:
+        label = names[output] if task == "regression" and output < len(names) else "target class"
+        if target is not None and task == "regression":
+            y = target[:n, output] if target.ndim == 2 else target[:n]
+            ax.plot(t[: len(y)], y, color="black", lw=2, label="target")
+        ax.plot(t, _track(mine["scores"][:n], task, output, target), lw=2, label="fused")
+        for s in streams:
+            if f"scores/{s}" in mine:
+                ax.plot(t, _track(mine[f"scores/{s}"][:n], task, output, target), lw=1, ls="--", label=s)
+        ax.set_ylabel(label if task == "regression" else f"p({label})")
+        ax.legend(loc="best", fontsize=7)
+        ax = axes[-1, 0]
+    if weights is not None:
+        for k, s in enumerate(streams or [f"stream {k}" for k in range(weights.shape[1])]):
+            ax.plot(t, weights[:n, k], lw=1.5, label=f"w {s}")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fusion weight")
+        ax.legend(loc="best", fontsize=7)
+    if corrupted is not None:
+        for a in axes[:, 0]:
+            c = np.asarray(corrupted[:n], bool)
+            a.fill_between(t[: len(c)], 0, 1, where=c, transform=a.get_xaxis_transform(), alpha=0.15)
+    axes[-1, 0].set_xlabel("time (s)" if times is not None else "frame")
+    fig.suptitle(sample_id, fontsize=9)
+    fig.tight_layout()
+    path = Path(out)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
