@@ -2,8 +2,8 @@
 
 :func:`plot_frames` reads the ``frames.npz`` that ``avx fuse predict`` writes and draws,
 for one sample, the target and the fused and per-stream predictions (top) and each
-stream's fusion weight (bottom), shading frames a test-time corruption touched when the
-file has them. It needs matplotlib (``pip install 'avx[plot]'``).
+stream's fusion weight (bottom), shading the frames given as ``corrupted`` (e.g. the
+flags a test-time corruption recorded). It needs matplotlib (``pip install 'avx[plot]'``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from avx.errors import AvxError
+from avx.fuse.evaluate import probabilities
 
 
 def _load(path: str | Path) -> dict[str, np.ndarray]:
@@ -29,10 +30,9 @@ def _track(scores: np.ndarray, task: str, output: int, target: np.ndarray | None
     probability of the target class (classification; of ``output`` without targets)."""
     if task == "regression":
         return scores[:, output] if scores.ndim == 2 else scores
+    probs = probabilities(scores, task)
     if task == "multilabel":
-        return (1 / (1 + np.exp(-scores)))[:, output]
-    e = np.exp(scores - scores.max(-1, keepdims=True))
-    probs = e / e.sum(-1, keepdims=True)
+        return probs[:, output]
     if target is not None and target.ndim == 1 and len(target) >= len(probs):
         cls = np.clip(target[: len(probs)].astype(int), 0, probs.shape[1] - 1)
         return probs[np.arange(len(probs)), cls]

@@ -6,8 +6,8 @@ Settings (each scored with the run's own metrics, on ``split``):
 - ``missing M`` — modality M (``audio``/``video``/``text`` or a stream name) absent,
   presented the way the method expects (presence mask, or zeros for early fusion);
 - ``noise M`` — M replaced by N(0, 1) in the normalised feature space, or with
-  ``snr`` N(0, s²) added at that signal-to-noise ratio; ``M:P`` corrupts a random
-  fraction P of M's frames only;
+  ``snr`` N(0, s²) added at that signal-to-noise ratio; ``M:P`` corrupts only one run
+  of consecutive frames covering a fraction P of each sample (random start);
 - ``mask P`` — a random fraction P of every stream's frames zeroed (VAVL Fig. 2);
 - ``occlude P`` — P of the face crops get a lower-face patch and the visual backbone
   is re-run on them (:mod:`avx.fuse.occlusion`).
@@ -97,7 +97,7 @@ def build_settings(
     for m in noise:
         what, _, frac = m.partition(":")
         f = float(frac) if frac else 0.0
-        if not 0 <= f <= 1:
+        if frac and not 0 < f <= 1:
             raise AvxError(f"--noise {m}: the fraction of frames must be in (0, 1]")
         p = Perturbation("noise", streams_of(what, streams), p=f, snr=snr, seed=seed)
         out.append(Setting(p.name, p))

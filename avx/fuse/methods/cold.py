@@ -171,7 +171,7 @@ class Cold(FusionMethod):
         mu, logvar, available = torch.stack(mus, 2), torch.stack(logvars, 2), torch.stack(avail, 2)
         std = torch.exp(0.5 * logvar)
         z = mu + std * torch.randn_like(std) if (self.training and self.config.sample) else mu
-        norms = std.norm(dim=-1).clamp_min(1e-6)  # [B, T, M]
+        norms = sigma_norm(logvar)  # [B, T, M]
         w = fusion_weights(norms, available)
         fused = (w.unsqueeze(-1) * z).sum(2)  # Eq. 1
         frame_logits = self.head(z)  # [B, T, M, K]
