@@ -145,6 +145,7 @@ def store_consolidate(path: Annotated[Path, typer.Argument(help="Local store pat
 
 @app.command("extract")
 def extract_cmd(
+    ctx: typer.Context,
     corpus: Annotated[Optional[str], typer.Option(help="Corpus name (see `avx corpus list`).")] = None,  # noqa: UP045
     root: Annotated[Optional[Path], typer.Option(help="Corpus root, in its official layout.")] = None,  # noqa: UP045
     store: Annotated[
@@ -154,6 +155,10 @@ def extract_cmd(
     backbone: Annotated[
         Optional[list[str]],  # noqa: UP045
         typer.Option(help="Backbone(s) to run; repeat or comma-separate (see --list)."),
+    ] = None,
+    preset: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="A paper's features (backbones, frames, crops; see `avx fuse presets`)."),
     ] = None,
     list_: Annotated[
         bool, typer.Option("--list", help="List backbones with output shape, rate and expected weights.")
@@ -216,6 +221,17 @@ def extract_cmd(
     if list_:
         _print_backbones()
         return
+    if preset:  # the paper's extraction settings, wherever no option was given
+        from avx.fuse.presets import get_preset
+
+        given = _explicit(ctx)
+        p = get_preset(preset).extract
+        if not p:
+            raise AvxError(f"preset {preset} sets no extraction options")
+        backbone = backbone if "backbone" in given else p.get("backbone", backbone)
+        frames = frames if "frames" in given else p.get("frames", frames)
+        seconds = seconds if "seconds" in given else p.get("seconds", seconds)
+        crop_size = crop_size if "crop_size" in given else p.get("crop_size", crop_size)
     missing = [
         n
         for n, v in (("--corpus", corpus), ("--root", root), ("--store", store), ("--backbone", backbone))
@@ -375,6 +391,9 @@ def fuse_train(
     class_weights: Annotated[str, typer.Option(help="none | inverse | effective[:beta].")] = "none",
     sampling: Annotated[str, typer.Option(help="none | over | under (multiclass).")] = "none",
     regression_loss: Annotated[str, typer.Option(help="ccc | ccc+mse | mse | l1.")] = "ccc",
+    dropout: Annotated[
+        str, typer.Option(help="Modality dropout while training: none | softhard | noise | prob:P.")
+    ] = "none",
     threshold: Annotated[
         Opt[str],
         typer.Option(help="Multilabel decision: default share > 1/C; a probability; or 'tune' on dev."),
@@ -446,6 +465,7 @@ def fuse_train(
         class_weights=class_weights,
         sampling=sampling,
         regression_loss=regression_loss,
+        dropout=dropout,
         threshold=thr,
         seed=seed,
         device=device,
@@ -488,26 +508,26 @@ def fuse_eval(
         Opt[list[str]], typer.Option(help="Zero this fraction of frames (0.1..0.9).")
     ] = None,
     occlude: Annotated[Opt[list[str]], typer.Option(help="Occlude this fraction of face crops.")] = None,
-    settings: Annotated[Opt[str], typer.Option(help="'av,a,v,mean': SFAV's table layout.")] = None,
+    settings: Annotated[
+        Opt[str], typer.Option(help="'av,a,v,mean': SFAV's table (AV, audio only, video only, mean).")
+    ] = None,
+    absent: Annotated[
+        str,
+        typer.Option(help="With --settings: A and V with the other modality 'missing' or 'noise' (N(0,1))."),
+    ] = "missing",
     seed: Annotated[int, typer.Option(help="Seed of the perturbations.")] = 0,
     ece_bins: Annotated[int, typer.Option(help="Equal-width confidence bins for ECE.")] = 15,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
 ) -> None:
     """Score a run under test-time conditions; writes RUN/eval.json, eval.csv, eval.md."""
-    from avx.fuse.robustness import evaluate_run
+    from avx.fuse.robustness import evaluate_run, evaluate_trials
 
-    sfav = False
-    if settings:
-        wanted = set(_split_csv([settings]))
-        if not wanted <= {"av", "a", "v", "mean"}:
-            raise AvxError(f"--settings takes av,a,v,mean; got '{settings}'")
-        sfav = True
-    res = evaluate_run(
-        run,
+    kw = dict(
         store=store,
         split=split,
-        sfav=sfav,
+        sfav=tuple(_split_csv([settings])) if settings else (),
+        absent=absent,
         device=device,
         batch_size=batch_size,
         seed=seed,
@@ -520,8 +540,10 @@ def fuse_eval(
         occlude=_floats(occlude),
         console=err,
     )
+    trials = (run / "trials.json").exists()  # a --trials directory: every fold, then mean ± std
+    res = evaluate_trials(run, **kw) if trials else evaluate_run(run, **kw)
     out.print(res["markdown"], highlight=False)
-    out.print(f"wrote {run}/eval.json, eval.csv, eval.md")
+    out.print(f"wrote {run}/eval.json, eval.csv, eval.md" + (" (and each fold's)" if trials else ""))
 
 
 @fuse_app.command("predict")
@@ -607,7 +629,14 @@ def fuse_presets() -> None:
 
     for p in PRESETS.values():
         settings = ", ".join(f"{k}={v}" for k, v in {**p.train, **p.data, **p.method_config}.items())
-        out.print(f"[bold]{p.name}[/] (method {p.method}): {settings}", highlight=False)
+        also = f"; also {', '.join(p.methods)}" if p.methods else ""
+        out.print(f"[bold]{p.name}[/] (method {p.method}{also}): {settings}", highlight=False)
+        if p.extract:
+            ex = " ".join(
+                f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+                for k, v in p.extract.items()
+            )
+            out.print(f"  avx extract --preset {p.name} = {ex}", highlight=False)
         out.print(f"  {p.source}", highlight=False)
 
 

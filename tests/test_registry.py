@@ -82,8 +82,9 @@ def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> N
     b = Batch(
         ids=["x", "y", "z"],
         index=np.arange(3),
-        inputs={"audio/a": torch.randn(3, 4, 5), "video/v": torch.randn(3, 2, 7)},
-        masks={"audio/a": torch.ones(3, 4, dtype=torch.bool), "video/v": torch.ones(3, 2, dtype=torch.bool)},
+        # 16 audio frames: SFAV's audio branch needs 13 (four valid convolutions with pooling)
+        inputs={"audio/a": torch.randn(3, 16, 5), "video/v": torch.randn(3, 2, 7)},
+        masks={"audio/a": torch.ones(3, 16, dtype=torch.bool), "video/v": torch.ones(3, 2, dtype=torch.bool)},
         present={"audio/a": torch.tensor([True, True, True]), "video/v": torch.tensor([True, False, True])},
         targets=torch.tensor([0, 1, 2]),
         target_mask=torch.ones(3, dtype=torch.bool),

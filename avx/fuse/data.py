@@ -10,8 +10,8 @@ Per sample and stream, in this order:
    (average-pooled onto an R Hz grid). Methods that need one clock (early fusion,
    per-frame targets) get it by default.
 3. **length** — ``truncate:N`` (first N frames), ``pad:N`` (first N, zero-padded to
-   exactly N), ``resample:N`` (N frames uniformly over the sequence); per stream with
-   ``stream=policy``.
+   exactly N), ``resample:N`` (N frames uniformly over the sequence); per stream or
+   modality with ``stream=policy`` / ``audio=policy``.
 4. **normalisation** — per-dimension mean/std from the training split only, saved with
    the run and reused at evaluation.
 
@@ -148,9 +148,10 @@ def parse_length(policies: tuple[str, ...], streams: list[str]) -> dict[str, tup
         kind, _, n = pol.partition(":")
         if kind not in ("truncate", "pad", "resample") or not n.isdigit() or int(n) < 1:
             raise AvxError(f"bad length policy '{item}'; use truncate:N, pad:N or resample:N (N >= 1)")
-        for s in [target] if target else streams:
-            if s not in streams:
-                raise UnknownNameError("stream in --length", s, streams)
+        hit = [s for s in streams if not target or s == target or s.split("/")[0] == target]
+        if not hit:
+            raise UnknownNameError("stream or modality in --length", target, streams)
+        for s in hit:
             out[s] = (kind, int(n))
     return out
 

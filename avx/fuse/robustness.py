@@ -12,8 +12,11 @@ Settings (each scored with the run's own metrics, on ``split``):
 - ``occlude P`` — P of the face crops get a lower-face patch and the visual backbone
   is re-run on them (:mod:`avx.fuse.occlusion`).
 
-``sfav=True`` adds SFAV's layout: AV (clean), A (video missing), V (audio missing) and
-their mean. Every perturbation is seeded, so two evaluations agree exactly.
+``sfav`` selects SFAV's table layout (``av``, ``a``, ``v``, ``mean``): AV (both
+modalities), A (audio only: the video absent), V (video only) and M, the mean of the
+three. With ``absent="noise"`` the other modality of A and V is replaced by N(0, 1)
+instead (the paper's table for noise-trained models). Every perturbation is seeded,
+so two evaluations agree exactly.
 
 For methods with per-frame fusion weights (COLD), settings that corrupt frames one by
 one (``noise M:P``, ``mask P``, ``occlude P``) also report the mean weight of the
@@ -55,6 +58,9 @@ class Setting:
     occlude: float | None = None
 
 
+SFAV_SETTINGS = ("av", "a", "v", "mean")
+
+
 def streams_of(what: str, streams: list[str]) -> tuple[str, ...]:
     """Streams named by a modality (``audio``) or a stream name."""
     hit = tuple(s for s in streams if s == what or s.split("/")[0] == what)
@@ -71,7 +77,8 @@ def build_settings(
     snr: float | None = None,
     mask_frames: list[float] = (),
     occlude: list[float] = (),
-    sfav: bool = False,
+    sfav: tuple[str, ...] = (),
+    absent: str = "missing",
     seed: int = 0,
     missing_as: str | None = None,
 ) -> list[Setting]:
@@ -81,16 +88,23 @@ def build_settings(
     policy = missing_as or run.model.missing
     if policy not in ("mask", "zeros"):
         raise AvxError(f"--missing-as takes mask or zeros, not '{policy}'")
+    if bad := set(sfav) - set(SFAV_SETTINGS):
+        raise AvxError(f"--settings takes {','.join(SFAV_SETTINGS)}; got {sorted(bad)}")
+    if absent not in ("missing", "noise"):
+        raise AvxError(f"--absent takes missing or noise, not '{absent}'")
+    if absent != "missing" and not sfav:
+        raise AvxError("--absent applies to SFAV's A and V rows: give --settings av,a,v,mean too")
     out = [Setting("clean")]
-    if sfav:
-        out += [
-            Setting(
-                "A (video missing)", Perturbation("missing", streams_of("video", streams), policy=policy)
-            ),
-            Setting(
-                "V (audio missing)", Perturbation("missing", streams_of("audio", streams), policy=policy)
-            ),
-        ]
+    wanted = set(sfav) | ({"a", "v"} if "mean" in sfav else set())
+    for key, other in (("a", "video"), ("v", "audio")):
+        if key in wanted:
+            hit = streams_of(other, streams)
+            p = (
+                Perturbation("missing", hit, policy=policy, seed=seed)
+                if absent == "missing"
+                else Perturbation("noise", hit, seed=seed)
+            )
+            out.append(Setting(f"{key.upper()} ({other} {absent})", p))
     for m in missing:
         p = Perturbation("missing", streams_of(m, streams), policy=policy, seed=seed)
         out.append(Setting(p.name, p))
@@ -119,7 +133,7 @@ def evaluate_run(
     *,
     store: str | None = None,
     split: str = "test",
-    sfav: bool = False,
+    sfav: tuple[str, ...] = (),
     device: str = "cpu",
     batch_size: int = 64,
     seed: int = 0,
@@ -168,10 +182,7 @@ def evaluate_run(
     cols = TABLE_METRICS[data.task]
     rows = [{"setting": n, **{c: r.get(c, np.nan) for c in cols}} for n, r in results.items()]
     if sfav:
-        keep = [r for r in rows if r["setting"] in ("clean", "A (video missing)", "V (audio missing)")]
-        rows.append({"setting": "mean (AV, A, V)", **{c: float(np.mean([r[c] for r in keep])) for c in cols}})
-        for r in rows:
-            r["setting"] = {"clean": "AV (clean)"}.get(r["setting"], r["setting"])
+        rows = sfav_rows(rows, sfav, cols)
     table = pd.DataFrame(rows)
     out["table"] = table.to_dict(orient="records")
     p = Path(path)
@@ -193,6 +204,49 @@ def evaluate_run(
     (p / "eval.md").write_text(md + "\n")
     out["markdown"] = md
     return out
+
+
+def evaluate_trials(path: str | Path, **kw: Any) -> dict[str, Any]:
+    """:func:`evaluate_run` on every fold of a ``--trials`` directory, then each
+    setting's mean and standard deviation over folds (the protocol SFAV reports: five
+    actor folds of RAVDESS). Writes ``DIR/eval.json|csv|md`` beside each fold's own."""
+    path = Path(path)
+    folds = json.loads((path / "trials.json").read_text())["folds"]
+    per_fold = [evaluate_run(path / f"fold-{k}", **kw) for k in folds]
+    tables = [pd.DataFrame(r["table"]).set_index("setting") for r in per_fold]
+    cols = list(tables[0].columns)
+    rows = []
+    for name in tables[0].index:
+        vals = np.array([[t.loc[name, c] for c in cols] for t in tables], dtype=float)
+        sd = vals.std(0, ddof=1) if len(folds) > 1 else np.zeros(len(cols))
+        rows.append(
+            {
+                "setting": name,
+                **dict(zip(cols, vals.mean(0), strict=True)),
+                **{f"{c} std": v for c, v in zip(cols, sd, strict=True)},
+            }
+        )
+    table = pd.DataFrame(rows)
+    md = f"mean over folds {', '.join(map(str, folds))} (std: sample, ddof=1)\n\n" + markdown(table)
+    out = {"run": str(path), "folds": folds, "table": table.to_dict(orient="records"), "markdown": md}
+    (path / "eval.json").write_text(json.dumps(jsonable(out), indent=2))
+    table.to_csv(path / "eval.csv", index=False)
+    (path / "eval.md").write_text(md + "\n")
+    return out
+
+
+def sfav_rows(rows: list[dict[str, Any]], keys: tuple[str, ...], cols: list[str]) -> list[dict[str, Any]]:
+    """SFAV's layout first: AV (the clean setting), A, V (those computed) and, with
+    ``mean``, M = the mean of the three; any other settings follow."""
+    clean = next(r for r in rows if r["setting"] == "clean")
+    singles = [r for r in rows if r["setting"].startswith(("A (", "V ("))]
+    out = [{**clean, "setting": "AV"}, *singles]
+    if "mean" in keys:
+        three = [clean, *singles]
+        out.append(
+            {"setting": "M (mean of AV, A, V)", **{c: float(np.mean([r[c] for r in three])) for c in cols}}
+        )
+    return out + [r for r in rows if r is not clean and r not in singles]
 
 
 def predict_run(

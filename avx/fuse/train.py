@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from avx.errors import AvxError
 from avx.fuse import metrics as M
 from avx.fuse.data import DataConfig, FusionData
+from avx.fuse.dropout import ModalityDropout
 from avx.fuse.evaluate import (
     Predictions,
     ReportOptions,
@@ -70,6 +71,9 @@ class TrainConfig:
     (max L2 norm, 0 = off); ``patience`` (early stopping on dev, 0 = off); ``amp``
     (float16 autocast on CUDA only).
 
+    Robustness: ``dropout`` is the modality dropout applied to every training batch
+    (none, softhard, noise, prob:P; :mod:`avx.fuse.dropout`).
+
     Task: ``class_weights`` (none, inverse, effective[:beta]), ``sampling`` (none,
     over, under), ``regression_loss`` (ccc, ccc+mse, mse, l1), ``threshold`` for
     multi-label decisions (None: share > 1/C; a number; ``tune`` on dev).
@@ -96,6 +100,7 @@ class TrainConfig:
     class_weights: str = "none"
     sampling: str = "none"
     regression_loss: str = "ccc"
+    dropout: str = "none"
     threshold: float | str | None = None
     seed: int = 0
     device: str = "cpu"
@@ -119,6 +124,7 @@ class TrainConfig:
             )
         if isinstance(self.threshold, str) and self.threshold != "tune":
             raise AvxError(f"--threshold takes a number or 'tune', not '{self.threshold}'")
+        ModalityDropout.parse(self.dropout)
         if self.epochs < 1 or self.batch_size < 1:
             raise AvxError("--epochs and --batch-size must be >= 1")
 
@@ -243,6 +249,7 @@ class Trainer:
         self.task = TaskSpec(config.data.task, len(self.data.names), self.data.frame_level)
         self.model = create_method(config.method, self.data.info, self.task, **config.method_config)
         self.model.to(config.device)
+        self.dropout = ModalityDropout.parse(config.dropout, self.model.missing)
         self.optimizers = build_optimizers(self.model, config)
         self.schedule = Schedule(config, self.optimizers)
         self.objective = make_objective(config, self.data)
@@ -289,7 +296,7 @@ class Trainer:
         )
         for i, batch in enumerate(it):
             self.schedule.set(self.epoch + i / n_batches)
-            batch = batch.to(self.cfg.device)
+            batch = self.dropout(batch.to(self.cfg.device), self.gen)
             terms = self.model.training_step(
                 batch, self.objective, self.optimizers, self._step, self._autocast
             )

@@ -1,0 +1,305 @@
+"""SFAV: self-attention fusion of a 1-D convolutional audio and visual branch (paper 001).
+
+The paper's architecture (Table I) on cached features: a visual branch of four
+Conv1d(k=3, same) + BatchNorm + ReLU blocks (stage 1: ->64->64, stage 2: ->128->128) over
+per-frame face features (EfficientFace's 1024-D in the paper; any visual stream), and an
+audio branch of four Conv1d(k=3, valid) + BatchNorm + ReLU + MaxPool(2, stride 1) blocks
+(stage 1: ->64->128, stage 2: ->256->128) over MFCCs (any audio stream). Each branch
+ends in global average pooling over its real frames; the pooled vectors are
+concatenated and classified by one linear layer.
+
+Fusion variants (``fusion`` option; ``heads`` is 1 or 4; registered as ``sfav-lt1`` ..
+``sfav-ia4`` for the paper's Table II rows):
+
+- ``lt`` late transformer: after stage 2, a transformer block in each branch: audio
+  queries attend to video keys/values (Eq. 2) and the reverse.
+- ``it`` intermediate transformer: the same blocks after stage 1; their outputs are
+  added to the branch they were computed for, then stage 2 runs on the sum.
+- ``ia`` intermediate attention: after stage 1, only the attention map
+  ``A = softmax(Phi_a W_q (Phi_v W_k)^T / sqrt(d))`` (Eq. 3, averaged over heads) is
+  used; summed over its query axis it is an importance vector over the other
+  modality's time steps, which multiplies that modality's features (both directions).
+  No features cross between branches; ``W_q``/``W_k`` have no bias, so a zeroed
+  modality gives a constant importance vector, as the paper notes.
+
+The paper's comparison baselines, built on the same branches (``sfav-tav``,
+``sfav-tva``, ``sfav-mult``):
+
+- ``tav`` / ``tva`` (Huang et al. [16]): one transformer block after stage 2 fusing
+  audio into video (video queries, audio keys/values) or video into audio, with the
+  block's feed-forward layers as 1-D convolutions (k=3), as the paper adapts them; the
+  fused branch alone is pooled and classified.
+- ``mult`` (MulT [14] restricted to audio and video): the late transformer plus a
+  self-attention transformer block in each branch after its crossmodal block.
+
+The transformer block is the paper's (Fig. 2): pre-norm, with residual connections
+around the attention and the feed-forward layers. The official code drops the residual
+around the attention; ``residual_attention=False`` reproduces it (see
+``docs/methods/sfav.md`` for every difference). A missing modality is presented as
+zeros, the way the paper and its modality dropout present it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, make_dataclass
+
+import torch
+from torch import nn
+
+from avx.errors import AvxError
+from avx.fuse.data import Batch, StreamInfo
+from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+
+FUSIONS = ("lt", "it", "ia", "tav", "tva", "mult")
+_FILL = -1e4  # masked attention logit (finite: fully masked rows stay defined in float16)
+
+
+@dataclass(frozen=True)
+class SfavConfig:
+    """SFAV options; the widths default to the paper's Table I."""
+
+    fusion: str = "ia"
+    heads: int = 1
+    video_widths: tuple[int, ...] = (64, 64, 128, 128)
+    audio_widths: tuple[int, ...] = (64, 128, 256, 128)
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    attention_dim: int = 64  # IA: width of the query/key projections
+    residual_attention: bool = True  # the paper's block; False = the official code's
+
+
+class ConvBlock(nn.Module):
+    """Conv1d(k=3) + BatchNorm + ReLU, with the audio branch's MaxPool(2, stride 1).
+
+    ``same`` padding keeps the length (visual branch); ``valid`` convolution and the
+    pool shorten it by 3 frames (audio branch), and the mask shrinks with it: an output
+    frame is real when every input frame it saw was real.
+    """
+
+    def __init__(self, c_in: int, c_out: int, valid: bool) -> None:
+        super().__init__()
+        self.valid = valid
+        self.conv = nn.Conv1d(c_in, c_out, 3, padding=0 if valid else 1)
+        self.bn = nn.BatchNorm1d(c_out)
+        self.pool = nn.MaxPool1d(2, stride=1) if valid else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x * mask.unsqueeze(1).to(x.dtype)  # padding never leaks into real frames
+        x = self.pool(torch.relu(self.bn(self.conv(x))))
+        if self.valid:
+            mask = mask.unfold(1, 4, 1).all(-1)
+        return x, mask
+
+
+class Branch(nn.Module):
+    """Two stages of two :class:`ConvBlock` each, over ``[B, C, T]``."""
+
+    def __init__(self, c_in: int, widths: tuple[int, ...], valid: bool) -> None:
+        super().__init__()
+        if len(widths) != 4:
+            raise AvxError(f"sfav: a branch has 4 convolution widths, got {list(widths)}")
+        chans = (c_in, *widths)
+        blocks = [ConvBlock(chans[i], chans[i + 1], valid) for i in range(4)]
+        self.stage1, self.stage2 = nn.ModuleList(blocks[:2]), nn.ModuleList(blocks[2:])
+        self.min_frames = 13 if valid else 1  # four valid blocks remove 12 frames
+
+    @staticmethod
+    def _run(blocks: nn.ModuleList, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for b in blocks:
+            x, m = b(x, m)
+        return x, m
+
+
+class FeedForward(nn.Module):
+    """The block's MLP over ``[B, T, D]``: linear layers, or 1-D convolutions (k=3)."""
+
+    def __init__(self, d: int, ratio: int, dropout: float, conv: bool) -> None:
+        super().__init__()
+        hidden = d * ratio
+        self.conv = conv
+        make = (lambda a, b: nn.Conv1d(a, b, 3, padding=1)) if conv else nn.Linear
+        self.fc1, self.fc2 = make(d, hidden), make(hidden, d)
+        self.act, self.drop = nn.GELU(), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.conv:
+            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        m = mask.unsqueeze(1).to(x.dtype)  # convolutions must not read padded frames
+        h = self.drop(self.act(self.fc1(x.transpose(1, 2) * m)))
+        return self.drop(self.fc2(h * m).transpose(1, 2))
+
+
+class TransformerBlock(nn.Module):
+    """Paper Fig. 2: ``x + Attn(LN(x), LN(y))`` then ``x + MLP(LN(x))``.
+
+    Queries come from ``x`` (width ``d``), keys and values from ``y`` (width
+    ``d_kv``; ``y = x`` for self-attention), so the intermediate transformer can fuse
+    the 128-wide audio stage into the 64-wide video stage and back.
+    """
+
+    def __init__(
+        self, d: int, d_kv: int, heads: int, cfg: SfavConfig, conv_ff: bool = False, cross: bool = True
+    ) -> None:
+        super().__init__()
+        if d % heads:
+            raise AvxError(f"sfav: {heads} heads do not divide the width {d}")
+        self.cross = cross
+        self.norm_q = nn.LayerNorm(d)
+        self.norm_kv = nn.LayerNorm(d_kv) if cross else None
+        self.attn = nn.MultiheadAttention(
+            d, heads, dropout=cfg.dropout, kdim=d_kv, vdim=d_kv, batch_first=True
+        )
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = FeedForward(d, cfg.mlp_ratio, cfg.dropout, conv_ff)
+        self.residual = cfg.residual_attention
+
+    def forward(
+        self, x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor
+    ) -> torch.Tensor:
+        q = self.norm_q(x)
+        kv = self.norm_kv(y) if self.norm_kv is not None else q
+        safe = y_mask.clone()
+        safe[~y_mask.any(1), 0] = True  # a sequence with no real key attends to its first frame
+        a, _ = self.attn(q, kv, kv, key_padding_mask=~safe, need_weights=False)
+        x = x + a if self.residual else a
+        x = x + self.ff(self.norm_ff(x), x_mask)
+        return x * x_mask.unsqueeze(-1).to(x.dtype)
+
+
+class AttentionImportance(nn.Module):
+    """Eq. 3 without values: the importance of each of ``y``'s time steps to ``x``.
+
+    ``softmax(x W_q (y W_k)^T / sqrt(d_h))`` per head, averaged over heads and summed
+    over the (real) queries: ``[B, T_y]``, zero on padded keys.
+    """
+
+    def __init__(self, d_q: int, d_k: int, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise AvxError(f"sfav: {heads} heads do not divide attention_dim {dim}")
+        self.q = nn.Linear(d_q, dim, bias=False)
+        self.k = nn.Linear(d_k, dim, bias=False)
+        self.heads = heads
+
+    def forward(
+        self, x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor
+    ) -> torch.Tensor:
+        b, tx, _ = x.shape
+        ty, h = y.shape[1], self.heads
+        q = self.q(x).view(b, tx, h, -1).transpose(1, 2)  # [B, h, Tx, dh]
+        k = self.k(y).view(b, ty, h, -1).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # [B, h, Tx, Ty]
+        logits = logits.masked_fill(~y_mask[:, None, None, :], _FILL)
+        a = torch.softmax(logits.float(), -1).mean(1)  # [B, Tx, Ty]
+        a = a * x_mask.unsqueeze(-1).to(a.dtype)
+        return (a.sum(1) * y_mask.to(a.dtype)).to(y.dtype)
+
+
+class Sfav(FusionMethod):
+    """Shared by every registered SFAV variant; ``fusion`` picks the variant."""
+
+    config_class = SfavConfig
+    min_streams = max_streams = 2
+    frame_level = False
+    missing = "zeros"
+
+    def __init__(self, config: SfavConfig, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
+        super().__init__(config, inputs, task)
+        if config.fusion not in FUSIONS:
+            raise AvxError(f"sfav: unknown fusion '{config.fusion}'; valid: {', '.join(FUSIONS)}")
+        if config.heads < 1:
+            raise AvxError(f"sfav: heads must be >= 1, got {config.heads}")
+        self.audio = next((s for s in self.streams if inputs[s].modality == "audio"), self.streams[0])
+        self.video = next(s for s in self.streams if s != self.audio)
+        va, vv = tuple(config.audio_widths), tuple(config.video_widths)
+        self.branch_a = Branch(inputs[self.audio].dim, va, valid=True)
+        self.branch_v = Branch(inputs[self.video].dim, vv, valid=False)
+        f, h = config.fusion, config.heads
+        a1, v1, a2, v2 = va[1], vv[1], va[3], vv[3]
+        if f in ("lt", "mult"):
+            self.fuse_a = TransformerBlock(a2, v2, h, config)  # audio queries, video keys/values
+            self.fuse_v = TransformerBlock(v2, a2, h, config)
+        elif f == "it":
+            self.fuse_a = TransformerBlock(a1, v1, h, config)
+            self.fuse_v = TransformerBlock(v1, a1, h, config)
+        elif f == "ia":
+            self.importance_v = AttentionImportance(a1, v1, config.attention_dim, h)  # audio asks video
+            self.importance_a = AttentionImportance(v1, a1, config.attention_dim, h)
+        elif f == "tav":  # audio fused into video: video queries
+            self.fuse = TransformerBlock(v2, a2, h, config, conv_ff=True)
+        else:  # tva: video fused into audio, audio queries
+            self.fuse = TransformerBlock(a2, v2, h, config, conv_ff=True)
+        if f == "mult":
+            self.self_a = TransformerBlock(a2, a2, h, config, cross=False)
+            self.self_v = TransformerBlock(v2, v2, h, config, cross=False)
+        width = {"tav": v2, "tva": a2}.get(f, a2 + v2)
+        self.head = nn.Linear(width, task.n_outputs)
+
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Channels-first inputs and masks; absent samples are zeros (their masks kept)."""
+        feats = self.features(batch)
+        out = []
+        for s in (self.audio, self.video):
+            x, m = feats[s], batch.masks[s]
+            x = x * batch.present[s].view(-1, 1, 1).to(x.dtype)
+            need = self.branch_a.min_frames if s == self.audio else 1
+            short = batch.present[s] & (m.sum(1) < need)
+            if short.any():
+                i = int(short.nonzero()[0, 0])
+                raise AvxError(
+                    f"sfav: sample {batch.ids[i]} has {int(m[i].sum())} frames of {s}; the audio branch "
+                    f"needs >= {need} (four k=3 convolutions, each with a 2-frame pooling)"
+                )
+            if x.shape[1] < need:  # only absent samples can be this short: pad them
+                x = nn.functional.pad(x, (0, 0, 0, need - x.shape[1]))
+                m = nn.functional.pad(m, (0, need - m.shape[1]))
+            out += [x.transpose(1, 2), m]
+        return tuple(out)
+
+    def forward(self, batch: Batch) -> FusionOutput:
+        xa, ma, xv, mv = self._inputs(batch)
+        f = self.config.fusion
+        xa, ma = Branch._run(self.branch_a.stage1, xa, ma)
+        xv, mv = Branch._run(self.branch_v.stage1, xv, mv)
+        if f == "it":
+            ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)
+            xa = xa + self.fuse_a(ta, ma, tv, mv).transpose(1, 2)
+            xv = xv + self.fuse_v(tv, mv, ta, ma).transpose(1, 2)
+        elif f == "ia":
+            ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)
+            w_v = self.importance_v(ta, ma, tv, mv)  # [B, Tv]
+            w_a = self.importance_a(tv, mv, ta, ma)  # [B, Ta]
+            xa, xv = xa * w_a.unsqueeze(1), xv * w_v.unsqueeze(1)
+        xa, ma = Branch._run(self.branch_a.stage2, xa, ma)
+        xv, mv = Branch._run(self.branch_v.stage2, xv, mv)
+        ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)  # [B, T, C]
+        if f in ("lt", "mult"):
+            ta, tv = self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
+            if f == "mult":
+                ta, tv = self.self_a(ta, ma, ta, ma), self.self_v(tv, mv, tv, mv)
+        if f == "tav":
+            z = masked_mean(self.fuse(tv, mv, ta, ma), mv)
+        elif f == "tva":
+            z = masked_mean(self.fuse(ta, ma, tv, mv), ma)
+        else:
+            z = torch.cat([masked_mean(ta, ma), masked_mean(tv, mv)], -1)
+        return FusionOutput(logits=self.head(z))
+
+
+def _variant(name: str, fusion: str, heads: int) -> type[Sfav]:
+    """A registered class whose config defaults to one of the paper's variants."""
+    cfg = make_dataclass(
+        f"{name.title().replace('-', '')}Config",
+        [("fusion", str, field(default=fusion)), ("heads", int, field(default=heads))],
+        bases=(SfavConfig,),
+        frozen=True,
+    )
+    cls = type(name.title().replace("-", ""), (Sfav,), {"config_class": cfg, "__doc__": Sfav.__doc__})
+    return METHODS.register(name)(cls)
+
+
+for _f in ("lt", "it", "ia"):
+    for _h in (1, 4):
+        _variant(f"sfav-{_f}{_h}", _f, _h)
+for _f in ("tav", "tva", "mult"):
+    _variant(f"sfav-{_f}", _f, 1)
