@@ -24,8 +24,12 @@ def test_unknown_names_list_valid_ones() -> None:
     msg = str(e.value)
     assert msg.startswith("unknown backbone 'wavlm-huge'; valid: ")
     assert "mfcc" in msg and "mobilenetv2" in msg and "\n" not in msg
-    with pytest.raises(UnknownNameError, match="valid: cold, context, early, late, mult, tav, tva, unimodal"):
+    with pytest.raises(UnknownNameError) as e:
         METHODS.get("nope")
+    assert str(e.value).startswith(
+        "unknown fusion method 'nope'; valid: cold, context, early, late, mult, sfav-ia1,"
+    )
+    assert str(e.value).endswith("sfav-tva, tav, tva, unimodal")
     with pytest.raises(UnknownNameError, match="cremad"):
         CORPORA.get("crema")
 

@@ -244,7 +244,7 @@ class Sfav(FusionMethod):
             x = x * batch.present[s].view(-1, 1, 1).to(x.dtype)
             need = self.branch_a.min_frames if s == self.audio else 1
             short = batch.present[s] & (m.sum(1) < need)
-            if short.any():
+            if s == self.audio and short.any():
                 i = int(short.nonzero()[0, 0])
                 raise AvxError(
                     f"sfav: sample {batch.ids[i]} has {int(m[i].sum())} frames of {s}; the audio branch "
