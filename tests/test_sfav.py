@@ -111,14 +111,13 @@ def test_branch_lengths_follow_table_one() -> None:
     model = create_method("sfav-lt1", inputs, TaskSpec("multiclass", 8))
     xa, ma = torch.randn(2, 10, 156), torch.ones(2, 156, dtype=torch.bool)
     ma[1, 100:] = False
-    a1, m1 = model.branch_a._run(model.branch_a.stage1, xa, ma)
-    a2, m2 = model.branch_a._run(model.branch_a.stage2, a1, m1)
+    a1, m1 = model.branch_a.run(1, xa, ma)
+    a2, m2 = model.branch_a.run(2, a1, m1)
     assert a1.shape == (2, 128, 150) and a2.shape == (2, 128, 144)
     assert m2[0].all() and m2[1].sum() == 100 - 12  # 4 blocks x 3 frames
-    v1, _ = model.branch_v._run(
-        model.branch_v.stage1, torch.randn(2, 1024, 15), torch.ones(2, 15, dtype=torch.bool)
-    )
-    v2, _ = model.branch_v._run(model.branch_v.stage2, v1, torch.ones(2, 15, dtype=torch.bool))
+    real = torch.ones(2, 15, dtype=torch.bool)
+    v1, _ = model.branch_v.run(1, torch.randn(2, 1024, 15), real)
+    v2, _ = model.branch_v.run(2, v1, real)
     assert v1.shape == (2, 64, 15) and v2.shape == (2, 128, 15)
     assert model.head.in_features == 256  # the paper's Linear(256, classes)
 

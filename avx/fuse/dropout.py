@@ -30,6 +30,7 @@ import torch
 
 from avx.errors import AvxError
 from avx.fuse.data import Batch
+from avx.fuse.evaluate import Perturbation, drop_streams
 
 KINDS = ("none", "softhard", "noise", "prob")
 
@@ -70,9 +71,9 @@ class ModalityDropout:
         copies = [batch]
         if self.kind == "softhard":
             copies.append(self._scaled(batch, groups, generator))
-            copies += [self._absent(batch, g) for g in groups.values()]
-        else:
-            copies += [self._noise(batch, g, generator) for g in groups.values()]
+            copies += [drop_streams(batch, g, self.policy) for g in groups.values()]
+        else:  # the same N(0, 1) on real frames as ``avx fuse eval --noise``
+            copies += [Perturbation("noise", tuple(g)).apply(batch, generator) for g in groups.values()]
         return concat(copies)
 
     # -- the transforms ------------------------------------------------------------------
@@ -91,31 +92,6 @@ class ModalityDropout:
                 inputs[s] = x * scale[:, k].to(x.device, x.dtype).view(-1, *[1] * (x.dim() - 1))
         return replace(batch, inputs=inputs)
 
-    def _absent(self, batch: Batch, streams: list[str], rows: torch.Tensor | None = None) -> Batch:
-        """``streams`` absent in every sample (or where ``rows [B]`` is True)."""
-        inputs, masks, present = dict(batch.inputs), dict(batch.masks), dict(batch.present)
-        for s in streams:
-            x, m = inputs[s], masks[s]
-            r = (
-                torch.ones(len(batch), dtype=torch.bool, device=x.device)
-                if rows is None
-                else rows.to(x.device)
-            )
-            inputs[s] = x * (~r).view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
-            if self.policy == "mask":
-                masks[s] = m & ~r.view(-1, 1)
-                present[s] = present[s] & ~r
-        return replace(batch, inputs=inputs, masks=masks, present=present)
-
-    def _noise(self, batch: Batch, streams: list[str], gen: torch.Generator) -> Batch:
-        inputs = dict(batch.inputs)
-        for s in streams:
-            x, m = inputs[s], batch.masks[s]
-            real = m.view(*m.shape, *[1] * (x.dim() - 2)).to(x.dtype)
-            noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
-            inputs[s] = x * (1 - real) + noise * real
-        return replace(batch, inputs=inputs)
-
     def _prob(self, batch: Batch, groups: dict[str, list[str]], gen: torch.Generator) -> Batch:
         n, g = len(batch), len(groups)
         drop = torch.rand(n, g, generator=gen) < self.p
@@ -124,7 +100,7 @@ class ModalityDropout:
             keep = torch.randint(0, g, (n,), generator=gen)
             drop[everything, keep[everything]] = False
         for k, streams in enumerate(groups.values()):
-            batch = self._absent(batch, streams, drop[:, k])
+            batch = drop_streams(batch, streams, self.policy, drop[:, k])
         return batch
 
 

@@ -84,14 +84,11 @@ class Perturbation:
         inputs, masks, present = dict(batch.inputs), dict(batch.masks), dict(batch.present)
         corrupted = dict(batch.corrupted)
         expand = lambda t, x: t.view(*t.shape, *[1] * (x.dim() - 2)).to(x.dtype)  # noqa: E731
+        if self.kind == "missing":
+            return drop_streams(batch, self.streams, self.policy)
         for s in self.streams:
             x, m = inputs[s], masks[s]
-            if self.kind == "missing":
-                inputs[s] = torch.zeros_like(x)
-                if self.policy == "mask":
-                    masks[s] = torch.zeros_like(m)
-                    present[s] = torch.zeros_like(present[s])
-            elif self.kind == "noise":
+            if self.kind == "noise":
                 noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
                 hit = m if self.p <= 0 else _span(m, self.p, generator)
                 mm = expand(hit, x)
@@ -123,6 +120,23 @@ class Perturbation:
             frac = f" on {self.p:g} of frames" if self.p > 0 else ""
             return f"noise {what}" + (f" @{self.snr:g} dB" if self.snr is not None else " N(0,1)") + frac
         return f"mask {self.p:g} of frames"
+
+
+def drop_streams(
+    batch: Batch, streams: tuple[str, ...] | list[str], policy: str, rows: torch.Tensor | None = None
+) -> Batch:
+    """``streams`` absent in every sample, or only where ``rows [B]`` is True, presented
+    by ``policy``: zero features, and with ``mask`` also the frame and presence masks
+    off. One definition for test-time ``--missing`` and training's modality dropout."""
+    inputs, masks, present = dict(batch.inputs), dict(batch.masks), dict(batch.present)
+    for s in streams:
+        x, m = inputs[s], masks[s]
+        r = torch.ones(len(m), dtype=torch.bool, device=m.device) if rows is None else rows.to(m.device)
+        inputs[s] = x.masked_fill(r.view(-1, *[1] * (x.dim() - 1)), 0.0)
+        if policy == "mask":
+            masks[s] = m & ~r.view(-1, 1)
+            present[s] = present[s] & ~r
+    return replace(batch, inputs=inputs, masks=masks, present=present)
 
 
 def _span(mask: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:

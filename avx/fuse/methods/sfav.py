@@ -103,9 +103,9 @@ class Branch(nn.Module):
         self.stage1, self.stage2 = nn.ModuleList(blocks[:2]), nn.ModuleList(blocks[2:])
         self.min_frames = 13 if valid else 1  # four valid blocks remove 12 frames
 
-    @staticmethod
-    def _run(blocks: nn.ModuleList, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for b in blocks:
+    def run(self, stage: int, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1 or 2 on ``x [B, C, T]`` and its mask (which shrinks with it)."""
+        for b in self.stage1 if stage == 1 else self.stage2:
             x, m = b(x, m)
         return x, m
 
@@ -143,7 +143,6 @@ class TransformerBlock(nn.Module):
         super().__init__()
         if d % heads:
             raise AvxError(f"sfav: {heads} heads do not divide the width {d}")
-        self.cross = cross
         self.norm_q = nn.LayerNorm(d)
         self.norm_kv = nn.LayerNorm(d_kv) if cross else None
         self.attn = nn.MultiheadAttention(
@@ -244,7 +243,7 @@ class Sfav(FusionMethod):
             x = x * batch.present[s].view(-1, 1, 1).to(x.dtype)
             need = self.branch_a.min_frames if s == self.audio else 1
             short = batch.present[s] & (m.sum(1) < need)
-            if s == self.audio and short.any():
+            if short.any():  # only the audio branch can be too short (need = 1 for video)
                 i = int(short.nonzero()[0, 0])
                 raise AvxError(
                     f"sfav: sample {batch.ids[i]} has {int(m[i].sum())} frames of {s}; the audio branch "
@@ -259,8 +258,8 @@ class Sfav(FusionMethod):
     def forward(self, batch: Batch) -> FusionOutput:
         xa, ma, xv, mv = self._inputs(batch)
         f = self.config.fusion
-        xa, ma = Branch._run(self.branch_a.stage1, xa, ma)
-        xv, mv = Branch._run(self.branch_v.stage1, xv, mv)
+        xa, ma = self.branch_a.run(1, xa, ma)
+        xv, mv = self.branch_v.run(1, xv, mv)
         if f == "it":
             ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)
             xa = xa + self.fuse_a(ta, ma, tv, mv).transpose(1, 2)
@@ -270,8 +269,8 @@ class Sfav(FusionMethod):
             w_v = self.importance_v(ta, ma, tv, mv)  # [B, Tv]
             w_a = self.importance_a(tv, mv, ta, ma)  # [B, Ta]
             xa, xv = xa * w_a.unsqueeze(1), xv * w_v.unsqueeze(1)
-        xa, ma = Branch._run(self.branch_a.stage2, xa, ma)
-        xv, mv = Branch._run(self.branch_v.stage2, xv, mv)
+        xa, ma = self.branch_a.run(2, xa, ma)
+        xv, mv = self.branch_v.run(2, xv, mv)
         ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)  # [B, T, C]
         if f in ("lt", "mult"):
             ta, tv = self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
