@@ -208,6 +208,13 @@ def extract_cmd(
     overwrite: Annotated[
         bool, typer.Option(help="Delete the requested streams first and extract them again.")
     ] = False,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            help="Allow checkpoints that pickle Python objects (HSEmotion's enet_b2_8.pt); unpickling runs"
+            " code from the file, so only for files you trust. Recorded in the stream's provenance."
+        ),
+    ] = False,
 ) -> None:
     """Add feature streams to a store; re-running the same command resumes.
 
@@ -264,6 +271,7 @@ def extract_cmd(
         decode_workers=decode_workers,
         workers=workers,
         scheduler=scheduler,
+        trust_pickle=trust_pickle,
         faces=FaceConfig(
             crop_size=crop_size,
             margin=margin,
@@ -406,7 +414,10 @@ def fuse_train(
     ] = None,
     fold: Annotated[int, typer.Option(help="Fold of the protocol.")] = 0,
     trials: Annotated[int, typer.Option(help="Run folds 0..K-1 and write a mean ± std table.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from RUN/last.pt.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from RUN/checkpoint.")] = False,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples of test clips for the headline metric's 95% CI (0: off).")
+    ] = 1000,
     tensorboard: Annotated[bool, typer.Option(help="Log to RUN/tensorboard.")] = False,
     memory_gb: Annotated[
         float, typer.Option(help="Load features once when smaller, else stream by chunks.")
@@ -416,7 +427,8 @@ def fuse_train(
         typer.Option("--set", help="Method option KEY=VALUE (JSON value), e.g. --set hidden=64."),
     ] = None,
 ) -> None:
-    """Train a fusion method; writes RUN/metrics.json, config.json, model.pt, predictions.csv."""
+    """Train a fusion method; writes RUN/metrics.json, config.json, model.json, model.safetensors,
+    normalizer.safetensors, predictions.csv."""
     from avx.fuse.data import DataConfig
     from avx.fuse.presets import apply_preset
     from avx.fuse.runs import markdown, run_trials, trials_table
@@ -471,6 +483,7 @@ def fuse_train(
         device=device,
         amp=amp,
         tensorboard=tensorboard,
+        bootstrap=bootstrap,
         method_config=_kv(option),
     )
     if preset:
@@ -485,7 +498,22 @@ def fuse_train(
 
     metrics = train(config, out_dir, console=err, resume=resume)
     out.print(metrics_table(metrics, title=f"{method} on {store} ({labels}, {task})"))
-    out.print(f"wrote {out_dir}/metrics.json, config.json, model.pt, predictions.csv")
+    out.print(f"wrote {out_dir}/metrics.json, config.json, model.json, model.safetensors, predictions.csv")
+
+
+@fuse_app.command("convert")
+def fuse_convert(
+    run: Annotated[Path, typer.Argument(help="Run or trials directory written by an older avx.")],
+) -> None:
+    """Rewrite an older run's pickles (model.pt, last.pt) as JSON + safetensors.
+
+    Unpickling runs any code the files carry: convert only runs from a source you trust.
+    Afterwards the folder holds no pickle and loads safely anywhere.
+    """
+    from avx.fuse.run_folder import convert_run
+
+    for f in convert_run(run):
+        out.print(f"converted {f}")
 
 
 @fuse_app.command("eval")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import zarr
 
+from avx.corpora import CorpusMetadata
+from avx.corpora.protocols import official
 from avx.demo.corpus import make_demo_corpus
+from avx.store_schema import StreamSpec, StreamWriter, create_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 N_CLIPS = 24
@@ -53,3 +60,45 @@ def demo_store(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     store = tmp_path_factory.mktemp("stores") / "ref.zarr"
     run_avx("extract", "--corpus", "avx-demo", "--root", demo_corpus, "--store", store, *EXTRACT_ARGS)
     return store
+
+
+def synthetic_store(path: Path, seed: int, n: int = 200, k: int = 4) -> Path:
+    """Both modalities carry the class, weakly per frame: audio 48 x 10-D at 16 Hz,
+    video 15 x 16-D at 5 Hz, class prototype x strength + N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    split = np.array(["train", "train", "train", "dev", "test"])[(np.arange(n) // k) % 5]
+    samples = pd.DataFrame(
+        {
+            "id": [f"c{i:03d}" for i in range(n)],
+            "speaker": [f"p{i // k % 5}" for i in range(n)],
+            "duration": 3.0,
+            "audio_path": "",
+            "video_path": "",
+        }
+    )
+    meta = CorpusMetadata(
+        "synth",
+        samples,
+        [f"k{j}" for j in range(k)],
+        categorical={"intended": y},
+        protocols={"official": official(list(split), source="synthetic")},
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    create_store(path, meta)
+    root = zarr.open_group(str(path), mode="r+")
+    prov = {"backbone": "synthetic"}
+    writers = {}
+    for name, dim, rate, frames, strength in (
+        ("audio/syn", 10, 16.0, 48, 0.25),
+        ("video/syn", 16, 5.0, 15, 0.3),
+    ):
+        proto = rng.standard_normal((k, dim))
+        w = StreamWriter(root, StreamSpec(name, (dim,), "float32", rate, provenance=prov), part_size=64)
+        for i in range(n):
+            x = strength * proto[y[i]] + rng.standard_normal((frames, dim))
+            w.add(i, x.astype(np.float32), np.arange(frames) / rate)
+        writers[name] = w
+    for w in writers.values():
+        w.close()
+    return path

@@ -203,10 +203,13 @@ def test_efficientnet_b2_loads_hsemotion_timm_and_torchvision_checkpoints(tmp_pa
     hse = timm.create_model("efficientnet_b2", pretrained=False)
     hse.classifier = torch.nn.Sequential(torch.nn.Linear(1408, 8))  # HSEmotion enet_b2_8 layout
     torch.save(hse, tmp_path / "enet_b2_8.pt")  # HSEmotion pickles the whole model
+    with pytest.raises(AvxError, match=r"enet_b2_8\.pt: pickles Python objects.*--trust-pickle"):
+        create_backbone("efficientnet-b2", weights=str(tmp_path / "enet_b2_8.pt"))
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        b = create_backbone("efficientnet-b2", weights=str(tmp_path / "enet_b2_8.pt"))
+        b = create_backbone("efficientnet-b2", weights=str(tmp_path / "enet_b2_8.pt"), trust_pickle=True)
     assert any("pickled model object" in str(x.message) for x in w)
+    assert b.provenance()["weights_unpickled"] == "trusted by --trust-pickle"
     feats, _ = b(FACES)
     with torch.no_grad():
         ref = hse.eval().forward_head(

@@ -17,6 +17,7 @@ from avx.corpora import CORPORA, load_corpus
 from avx.corpora._io import CorpusFileError
 from avx.corpora.cremad import CLASS_CODES
 from avx.corpora.protocols import speaker_trials
+from avx.errors import AvxError
 from avx.store_schema import create_store, open_store, validate_store
 from tests.conftest import FIXTURES, run_avx
 
@@ -600,3 +601,31 @@ def test_every_registered_corpus_has_a_list_line() -> None:
     for name in names:
         assert name in out
     assert "tabulatedVotes.csv" in out and "Actor_XX" in out
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (what a crafted release could carry)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_release_pickle_with_a_payload_is_refused(
+    tmp_path: Path, protocol: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Corpus pickles go through a restricted unpickler: arrays and plain data only."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "mosei"
+    data = _release_pickle(root / "mosei.pkl", 6, lambda s, i: f"{s}vid{i}")
+    data["train"]["note"] = _Payload()
+    (root / "mosei.pkl").write_bytes(pickle.dumps(data, protocol=protocol))
+    with pytest.raises(AvxError, match=r"mosei\.pkl.*refused.*(posix|os|nt)\.system"):
+        load_corpus("cmu-mosei", root)
+    assert not (tmp_path / "PWNED").exists()
+    # The same file without the payload, written by an old protocol, still loads.
+    del data["train"]["note"]
+    (root / "mosei.pkl").write_bytes(pickle.dumps(data, protocol=protocol))
+    assert len(load_corpus("cmu-mosei", root).samples) == 10

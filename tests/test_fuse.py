@@ -18,6 +18,7 @@ from avx.fuse.evaluate import Perturbation
 from avx.fuse.methods import METHODS
 from avx.fuse.robustness import predict_run
 from avx.fuse.train import Schedule, TrainConfig, Trainer, train
+from avx.serialization import load_tensors
 from avx.store_schema import open_store
 from avx.store_schema.writer import StreamSpec, StreamWriter
 from tests.conftest import run_avx
@@ -137,7 +138,7 @@ def test_layer_selection_and_learned_mixing(layered_store: Path) -> None:
         config(layered_store, "unimodal", data=DataConfig(streams=("audio/layered@all",))),
         layered_store.parent / "run",
     )
-    state = torch.load(layered_store.parent / "run" / "model.pt", weights_only=False)["state_dict"]
+    state = load_tensors(layered_store.parent / "run" / "model.safetensors")
     weights = state["layer_mix.audio__layered.weights"]
     assert weights.shape == (3,) and not torch.equal(weights, torch.zeros(3))  # learned
     assert metrics["test"]["n"] > 0
@@ -274,8 +275,8 @@ def test_training_is_reproducible_and_resumes_bit_identically(demo_store: Path, 
     d = train(cfg, tmp_path / "d", resume=True)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(d["history"]) == strip(a["history"]) and d["test"] == a["test"]
-    sa = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
-    sd = torch.load(tmp_path / "d" / "model.pt", weights_only=False)["state_dict"]
+    sa = load_tensors(tmp_path / "a" / "model.safetensors")
+    sd = load_tensors(tmp_path / "d" / "model.safetensors")
     assert all(torch.equal(sa[k], sd[k]) for k in sa)
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["seed"] == 0 and saved["stream_provenance"]["video/mobilenetv2"]["weights"] == "random-init"
@@ -369,9 +370,14 @@ def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path)
     proc = run_avx(
         "fuse", "train", "--method", "context", "--out", run, *common, "--scheduler", "cosine-restarts"
     )
-    assert {"metrics.json", "config.json", "model.pt", "predictions.csv", "last.pt"} <= {
-        p.name for p in run.iterdir()
-    }
+    assert {
+        "metrics.json",
+        "config.json",
+        "model.json",
+        "model.safetensors",
+        "predictions.csv",
+        "checkpoint",
+    } <= {p.name for p in run.iterdir()}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"] == "speaker-trials" and metrics["task"] == "multiclass"
     assert {"macro_f1", "ece", "brier", "ci95", "fairness"} <= set(metrics["test"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,10 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 
-from avx.corpora import CorpusMetadata
-from avx.corpora.protocols import official
 from avx.errors import AvxError
 from avx.fuse.data import Batch, DataConfig, StreamInfo
 from avx.fuse.dropout import ModalityDropout
@@ -24,8 +20,8 @@ from avx.fuse.methods.sfav import AttentionImportance, SfavConfig
 from avx.fuse.presets import apply_preset
 from avx.fuse.robustness import evaluate_run
 from avx.fuse.train import TrainConfig, train
-from avx.store_schema import StreamSpec, StreamWriter, create_store, open_store
-from tests.conftest import run_avx
+from avx.store_schema import open_store
+from tests.conftest import run_avx, synthetic_store
 
 SFAV = sorted(n for n in METHODS.names() if n.startswith("sfav-"))
 INPUTS = {"audio/a": StreamInfo(10), "video/v": StreamInfo(12, modality="video")}
@@ -222,48 +218,6 @@ def test_three_modalities_and_bad_settings() -> None:
 
 
 # -- the paper's key effect --------------------------------------------------------------
-def _synthetic_store(path: Path, seed: int, n: int = 200, k: int = 4) -> Path:
-    """Both modalities carry the class, weakly per frame: audio 48 x 10-D at 16 Hz,
-    video 15 x 16-D at 5 Hz, class prototype x strength + N(0, 1)."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % k
-    split = np.array(["train", "train", "train", "dev", "test"])[(np.arange(n) // k) % 5]
-    samples = pd.DataFrame(
-        {
-            "id": [f"c{i:03d}" for i in range(n)],
-            "speaker": [f"p{i // k % 5}" for i in range(n)],
-            "duration": 3.0,
-            "audio_path": "",
-            "video_path": "",
-        }
-    )
-    meta = CorpusMetadata(
-        "synth",
-        samples,
-        [f"k{j}" for j in range(k)],
-        categorical={"intended": y},
-        protocols={"official": official(list(split), source="synthetic")},
-    )
-    shutil.rmtree(path, ignore_errors=True)
-    create_store(path, meta)
-    root = zarr.open_group(str(path), mode="r+")
-    prov = {"backbone": "synthetic"}
-    writers = {}
-    for name, dim, rate, frames, strength in (
-        ("audio/syn", 10, 16.0, 48, 0.25),
-        ("video/syn", 16, 5.0, 15, 0.3),
-    ):
-        proto = rng.standard_normal((k, dim))
-        w = StreamWriter(root, StreamSpec(name, (dim,), "float32", rate, provenance=prov), part_size=64)
-        for i in range(n):
-            x = strength * proto[y[i]] + rng.standard_normal((frames, dim))
-            w.add(i, x.astype(np.float32), np.arange(frames) / rate)
-        writers[name] = w
-    for w in writers.values():
-        w.close()
-    return path
-
-
 def test_softhard_dropout_keeps_single_modalities_working(tmp_path: Path) -> None:
     """SFAV Table II: with soft+hard modality dropout, audio-only and video-only
     accuracy rise well above the no-dropout model's, and AV does not drop. Measured
@@ -272,7 +226,7 @@ def test_softhard_dropout_keeps_single_modalities_working(tmp_path: Path) -> Non
     thirds of the gain; AV may lose at most about one clip per seed."""
     acc: dict[str, list[dict[str, float]]] = {"none": [], "softhard": []}
     for seed in range(5):
-        store = _synthetic_store(tmp_path / "s.zarr", seed)
+        store = synthetic_store(tmp_path / "s.zarr", seed)
         for dropout in acc:
             base = TrainConfig(
                 store=str(store),

@@ -21,6 +21,7 @@ import pandas as pd
 
 from avx.corpora._io import check_unique, fail, sha256_file
 from avx.corpora.base import ImportedStream
+from avx.serialization import restricted_load
 
 SPLIT_KEYS = ("train", "valid", "test")
 MODALITY_KEYS = {"text": "text", "audio": "audio", "vision": "video"}
@@ -64,14 +65,21 @@ def _video_of(x: Any) -> str:
 
 
 def load_feature_pickle(path: Path) -> dict[str, PickleSplit]:
-    """Read and check one release pickle; errors name the file and the problem."""
+    """Read and check one release pickle; errors name the file and the problem.
+
+    Releases come from strangers, so the pickle is read by
+    :class:`~avx.serialization.RestrictedUnpickler`: arrays and plain data only, any
+    other object (a payload calling ``os.system``) is refused before it can run.
+    """
     try:
         with open(path, "rb") as f:
             try:
-                data = pickle.load(f)
+                data = restricted_load(f)
             except UnicodeDecodeError:  # pickles written by Python 2
                 f.seek(0)
-                data = pickle.load(f, encoding="latin1")
+                data = restricted_load(f, encoding="latin1")
+    except pickle.UnpicklingError as e:
+        raise fail(path, f"refused pickle: {e}") from None
     except Exception as e:
         raise fail(path, f"unreadable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict) or not set(SPLIT_KEYS) & set(data):

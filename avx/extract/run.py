@@ -101,6 +101,8 @@ class ExtractOptions:
         decode_workers: background threads decoding media and detecting faces.
         workers: Dask worker processes on this machine (0 = run in this process).
         scheduler: address of an existing Dask scheduler (overrides ``workers``).
+        trust_pickle: unpickle checkpoints that hold Python objects (HSEmotion's
+            ``enet_b2_8.pt``); off by default because unpickling runs code from the file.
     """
 
     backbones: tuple[str, ...]
@@ -118,6 +120,7 @@ class ExtractOptions:
     decode_workers: int = 2
     workers: int = 0
     scheduler: str | None = None
+    trust_pickle: bool = False
 
 
 @dataclass
@@ -219,7 +222,7 @@ def build_backbones(options: ExtractOptions, runtime: Runtime | None = None) -> 
     names = list(dict.fromkeys(options.backbones))
     if unknown := set(_split_weights(options.weights)[1]) - set(names):
         raise AvxError(f"--weights names backbone(s) not requested: {', '.join(sorted(unknown))}")
-    runtime = runtime or Runtime.create(options.device, options.batch_size, options.amp)
+    runtime = runtime or Runtime.create(options.device, options.batch_size, options.amp, options.trust_pickle)
     return [
         create_backbone(
             n,

@@ -30,10 +30,14 @@ class WeightsSource:
     kind: Literal["random-init", "file", "folder", "hub", "named"]
     path: Path | None = None
 
-    def provenance(self, sha256: str | None = None) -> dict[str, Any]:
+    def provenance(self, sha256: str | None = None, *, unpickled: bool = False) -> dict[str, Any]:
+        """What the stream records; ``unpickled``: the file was a pickle loaded under ``--trust-pickle``."""
         if self.kind == "random-init":
             return {"weights": RANDOM_INIT, "weights_sha256": RANDOM_INIT}
-        return {"weights": self.spec, "weights_kind": self.kind, "weights_sha256": sha256}
+        out = {"weights": self.spec, "weights_kind": self.kind, "weights_sha256": sha256}
+        if unpickled:
+            out["weights_unpickled"] = "trusted by --trust-pickle"
+        return out
 
     def local_folder(self) -> Path | None:
         """Where this source's files are on disk: the folder itself, or a hub id's HF-cache
@@ -101,15 +105,24 @@ def hub_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+class StateDict(dict):
+    """A checkpoint's tensors; ``unpickled`` says the file had to be unpickled (trusted)."""
+
+    unpickled: bool = False
+
+
+def load_state_dict(path: str | Path, *, trust_pickle: bool = False) -> StateDict:
     """A checkpoint's state dict: unwraps ``{'state_dict': ...}``/``{'model': ...}`` and
     strips DataParallel's ``module.`` prefix, the layouts published emotion checkpoints use.
 
+    Files are read with ``weights_only=True`` (tensors and plain containers, no code).
     Checkpoints that pickle a whole ``nn.Module`` (HSEmotion's ``enet_b2_8.pt``) cannot be
-    read with ``weights_only=True``; such a file the user named explicitly is unpickled
-    with a warning (unpickling runs code from the file) and its ``state_dict()`` is used.
+    read that way: unpickling runs code from the file, so they are refused with a one-line
+    error unless the user passed ``--trust-pickle`` (``trust_pickle=True``); then the
+    module is unpickled, its ``state_dict()`` used and the stream's provenance says so.
     """
     path = Path(path)
+    unpickled = False
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -119,11 +132,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             try:
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
             except pickle.UnpicklingError:
-                warnings.warn(
-                    f"{path}: pickled model object, not a state dict; unpickling it (trusted file)",
-                    stacklevel=2,
-                )
+                if not trust_pickle:
+                    raise AvxError(
+                        f"{path}: pickles Python objects, not only tensors (loading it can run code);"
+                        " if you trust its source, pass --trust-pickle"
+                    ) from None
+                warnings.warn(f"{path}: pickled model object; unpickling it (--trust-pickle)", stacklevel=2)
                 obj = torch.load(str(path), map_location="cpu", weights_only=False)
+                unpickled = True
+    except AvxError:
+        raise
     except Exception as e:
         raise AvxError(
             f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
@@ -137,7 +155,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key].state_dict()
     if not isinstance(obj, dict):
         raise AvxError(f"{path}: checkpoint holds {type(obj).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    out = StateDict({k.removeprefix("module."): v for k, v in obj.items()})
+    out.unpickled = unpickled
+    return out
 
 
 def load_into(

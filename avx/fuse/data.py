@@ -131,6 +131,20 @@ class Normalizer:
             {s: np.asarray(v["std"], np.float32) for s, v in d.items()},
         )
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """``mean:STREAM`` / ``std:STREAM`` tensors, as ``normalizer.safetensors`` holds them."""
+        out = {f"mean:{s}": torch.as_tensor(v) for s, v in self.mean.items()}
+        out.update({f"std:{s}": torch.as_tensor(v) for s, v in self.std.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> Normalizer:
+        streams = [k.removeprefix("mean:") for k in t if k.startswith("mean:")]
+        return cls(
+            {s: t[f"mean:{s}"].numpy().astype(np.float32) for s in streams},
+            {s: t[f"std:{s}"].numpy().astype(np.float32) for s in streams},
+        )
+
     def __call__(self, stream: str, x: np.ndarray) -> np.ndarray:
         return (x - self.mean[stream]) / self.std[stream]
 

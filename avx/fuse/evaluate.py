@@ -334,7 +334,7 @@ def report(
             for g, values in data.groups.items()
         }
     if opts.bootstrap:
-        key = headline(task)
+        key = M.headline(task)
         n = len(pred.ids)
         rows_of = pred.sample_rows()
 
@@ -346,9 +346,24 @@ def report(
     return out
 
 
-def headline(task: str) -> str:
-    """The metric a task is judged by (model selection default, tables, CIs)."""
-    return {"multiclass": "macro_f1", "multilabel": "micro_f1", "regression": "ccc"}[task]
+def score(
+    name: str, task: str, names: list[str], y: np.ndarray, probs: np.ndarray, threshold: float | None = None
+) -> float:
+    """Scorer ``name`` of :data:`~avx.fuse.metrics.SCORERS` on one set of predictions.
+
+    Decisions are made as in reports (argmax; multi-label at ``threshold``), so a
+    selection score equals the same metric in ``metrics.json``.
+    """
+    s = M.get_scorer(name, task)
+    if s.fn is None:
+        raise ValueError(f"metric '{name}' is computed by the trainer, not from predictions")
+    if not len(y):
+        return float("nan")
+    if s.kind == "values":
+        yy, pp = y.reshape(len(y), -1), probs.reshape(len(probs), -1)
+        return float(np.mean([s.fn(yy[:, k], pp[:, k]) for k in range(yy.shape[1])]))
+    yt = y.astype(int) if task == "multiclass" else eval_multihot(y, len(names))
+    return s.fn(yt, probs if s.kind == "probs" else decide(probs, task, threshold))
 
 
 def calibration(dev: Predictions, test: Predictions, data: FusionData, bins: int = 15) -> dict[str, Any]:

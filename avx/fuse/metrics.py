@@ -2,8 +2,9 @@
 
 Every function takes numpy arrays like scikit-learn's (``f(y_true, y_pred)`` or
 ``f(y_true, probs)``) and is tested against scikit-learn, torchmetrics or fairlearn on
-random inputs. :data:`SCORERS` maps the names used in ``metrics.json`` and in
-``--select-metric`` to ``(function on a Predictions object, greater_is_better)``.
+random inputs. :data:`SCORERS` is the one table of named metrics: how each is
+computed, whether greater is better, the tasks it applies to and its display name;
+model selection, headlines, tables, ``compare`` and trials all read it.
 
 Conventions worth knowing when comparing with papers:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -187,14 +189,18 @@ def demographic_parity_difference(y_pred: np.ndarray, groups: np.ndarray) -> flo
 
 
 def equalized_odds_difference(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray) -> float:
-    """Binary: the larger of the TPR and FPR between-group differences (fairlearn)."""
+    """Binary: the larger of the TPR and FPR between-group differences (fairlearn).
+
+    As in fairlearn, a group without positives has TPR 0 and one without negatives has
+    FPR 0 (they are not skipped): ``y = p = [1, 0, 0, 0]`` with groups ``[a, a, b, b]``
+    gives 1.0.
+    """
     diffs = []
     for positive in (1, 0):
-        rates = [
-            _rate(y_pred[(groups == g) & (y_true == positive)])
-            for g in np.unique(groups)
-            if ((groups == g) & (y_true == positive)).any()
-        ]
+        rates = []
+        for g in np.unique(groups):
+            hit = (groups == g) & (y_true == positive)
+            rates.append(float(y_pred[hit].mean()) if hit.any() else 0.0)
         diffs.append(max(rates) - min(rates) if rates else 0.0)
     return float(max(diffs))
 
@@ -265,18 +271,134 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
-GREATER_IS_BETTER = {
-    "accuracy": True,
-    "unweighted_accuracy": True,
-    "weighted_accuracy": True,
-    "macro_f1": True,
-    "weighted_f1": True,
-    "micro_f1": True,
-    "jaccard_accuracy": True,
-    "ccc": True,
-    "pearson": True,
-    "mae": False,
-    "mse": False,
-    "loss": False,
+# -- the scorer table ------------------------------------------------------------------
+
+TASKS = ("multiclass", "multilabel", "regression")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One named metric, the way scikit-learn's scorers are: the single place that says
+    how it is computed, whether greater is better, which tasks it applies to, how tables
+    title it and in which task tables it is a column.
+
+    ``fn`` takes ``(y_true, y_pred)`` of its ``kind``: ``labels`` (class indices, or
+    multi-hot for multi-label), ``probs`` (true labels and probabilities ``[N, C]``) or
+    ``values`` (one regression dimension; averaged over dimensions). ``loss`` has no
+    function: the trainer computes it on dev with the training objective.
+    """
+
+    name: str
+    display: str
+    greater_is_better: bool
+    tasks: tuple[str, ...]
+    kind: str = "labels"
+    fn: Callable[[np.ndarray, np.ndarray], float] | None = None
+    table: tuple[str, ...] = ()
+    """Tasks whose tables show this metric (columns in this table's order, headline first)."""
+    headline: tuple[str, ...] = ()
+    """Tasks judged by this metric: model-selection default, first column, bootstrap CI
+    (macro-F1 for multiclass, micro-F1 for multi-label as LDDU/M3ED report, CCC)."""
+
+    def sign(self, value: float) -> float:
+        """``value`` oriented so that greater is better (for model selection)."""
+        return float(value) if self.greater_is_better else -float(value)
+
+
+def _sk(fn: Callable[..., Any], **kw: Any) -> Callable[[np.ndarray, np.ndarray], float]:
+    def score(y: np.ndarray, p: np.ndarray) -> float:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+            return float(fn(y, p, **kw))
+
+    return score
+
+
+def _mae(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.abs(y - p).mean())
+
+
+def _mse(y: np.ndarray, p: np.ndarray) -> float:
+    return float(((y - p) ** 2).mean())
+
+
+def _ece(y: np.ndarray, probs: np.ndarray) -> float:
+    return expected_calibration_error(y, probs)
+
+
+_MC, _ML, _RG = ("multiclass",), ("multilabel",), ("regression",)
+_CLS = ("multiclass", "multilabel")
+
+SCORERS: dict[str, Scorer] = {
+    s.name: s
+    for s in (
+        Scorer(
+            "macro_f1",
+            "mF1",
+            True,
+            _CLS,
+            fn=_sk(f1_score, average="macro", zero_division=0),
+            table=_CLS,
+            headline=_MC,
+        ),
+        Scorer(
+            "micro_f1",
+            "µF1",
+            True,
+            _CLS,
+            fn=_sk(f1_score, average="micro", zero_division=0),
+            table=_ML,
+            headline=_ML,
+        ),
+        Scorer(
+            "weighted_f1", "wF1", True, _CLS, fn=_sk(f1_score, average="weighted", zero_division=0), table=_MC
+        ),
+        Scorer("accuracy", "acc", True, _CLS, fn=_sk(accuracy_score), table=_MC),
+        Scorer("weighted_accuracy", "WA", True, _MC, fn=_sk(accuracy_score)),
+        Scorer("unweighted_accuracy", "UA", True, _MC, fn=_sk(balanced_accuracy_score), table=_MC),
+        Scorer(
+            "jaccard_accuracy",
+            "jacc",
+            True,
+            _ML,
+            fn=_sk(jaccard_score, average="samples", zero_division=1),
+            table=_ML,
+        ),
+        Scorer("subset_accuracy", "subset", True, _ML, fn=_sk(accuracy_score)),
+        Scorer("ece", "ECE", False, _MC, kind="probs", fn=_ece, table=_MC),
+        Scorer(
+            "brier", "Brier", False, _CLS, kind="probs", fn=lambda y, p: brier_per_class(y, p), table=_CLS
+        ),
+        Scorer("ccc", "CCC", True, _RG, kind="values", fn=ccc, table=_RG, headline=_RG),
+        Scorer("pearson", "r", True, _RG, kind="values", fn=pearson, table=_RG),
+        Scorer("mae", "MAE", False, _RG, kind="values", fn=_mae, table=_RG),
+        Scorer("mse", "MSE", False, _RG, kind="values", fn=_mse, table=_RG),
+        Scorer("loss", "loss", False, TASKS, kind="loss"),
+    )
 }
-"""Metrics usable for model selection and whether greater is better."""
+"""Every metric usable for ``--select-metric``, tables, ``compare`` and trials."""
+
+
+def table_metrics(task: str) -> tuple[str, ...]:
+    """The metrics a task's tables show, headline first."""
+    cols = [s.name for s in SCORERS.values() if task in s.table]
+    head = headline(task)
+    return (head, *(c for c in cols if c != head))
+
+
+def headline(task: str) -> str:
+    """The metric a task is judged by: model-selection default, first table column, CIs."""
+    return next(s.name for s in SCORERS.values() if task in s.headline)
+
+
+def get_scorer(name: str, task: str | None = None) -> Scorer:
+    """The scorer ``name``; unknown names or names that do not apply to ``task`` are errors."""
+    from avx.errors import AvxError
+
+    if name not in SCORERS:
+        raise AvxError(f"unknown metric '{name}'; valid: {', '.join(SCORERS)}")
+    s = SCORERS[name]
+    if task is not None and task not in s.tasks:
+        valid = [k for k, v in SCORERS.items() if task in v.tasks]
+        raise AvxError(f"metric '{name}' does not apply to {task} targets; valid: {', '.join(valid)}")
+    return s

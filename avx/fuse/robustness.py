@@ -35,6 +35,7 @@ import pandas as pd
 from rich.console import Console
 
 from avx.errors import AvxError
+from avx.fuse import metrics as M
 from avx.fuse.evaluate import (
     Perturbation,
     ReportOptions,
@@ -46,7 +47,9 @@ from avx.fuse.evaluate import (
     weights_on_corrupted,
     write_predictions,
 )
-from avx.fuse.runs import TABLE_METRICS, LoadedRun, load_run, markdown
+from avx.fuse.run_folder import FusionRun as LoadedRun
+from avx.fuse.run_folder import load_run
+from avx.fuse.runs import markdown
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def evaluate_run(
         "settings": results,
         "calibration": cal,
     }
-    cols = TABLE_METRICS[data.task]
+    cols = list(M.table_metrics(data.task))
     rows = [{"setting": n, **{c: r.get(c, np.nan) for c in cols}} for n, r in results.items()]
     if sfav:
         rows = sfav_rows(rows, sfav, cols)

@@ -1,119 +1,33 @@
-"""Run directories: loading a trained run, trials over folds, comparison tables.
+"""Many runs: trials over folds, comparison tables, console tables.
 
-A run directory holds ``config.json`` (everything that determined it), ``model.pt``
-(the selected weights plus what is needed to rebuild the model without the store:
-inputs, task, normaliser, threshold), ``metrics.json`` and ``predictions.csv``. A
-trials directory holds one run per fold (``fold-K/``) plus ``trials.json``,
-``trials.csv`` and ``trials.md`` (mean ± std over folds).
+One run folder's format (``save_pretrained`` / ``from_pretrained``) is
+:mod:`avx.fuse.run_folder`. A trials directory holds one run per fold (``fold-K/``)
+plus ``trials.json``, ``trials.csv`` and ``trials.md`` (mean ± std over folds).
+Which metrics tables show, and their titles, come from :data:`avx.fuse.metrics.SCORERS`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from avx.errors import AvxError
 from avx.fuse import metrics as M
-from avx.fuse.data import DataConfig, FusionData, Normalizer, StreamInfo
-from avx.fuse.evaluate import headline
-from avx.fuse.methods import METHODS, FusionMethod, create_method
-from avx.fuse.methods.base import TaskSpec
+from avx.fuse.run_folder import FusionRun, load_run
 from avx.fuse.train import TrainConfig, train
+from avx.serialization import write_json
 from avx.store_schema import open_store
 
-TABLE_METRICS = {
-    "multiclass": ("macro_f1", "weighted_f1", "accuracy", "unweighted_accuracy", "ece", "brier"),
-    "multilabel": ("micro_f1", "macro_f1", "jaccard_accuracy", "brier"),
-    "regression": ("ccc", "pearson", "mae", "mse"),
-}
+__all__ = ["FusionRun", "LoadedRun", "compare_runs", "load_run", "run_trials"]
 
-SHORT = {
-    "macro_f1": "mF1",
-    "weighted_f1": "wF1",
-    "micro_f1": "µF1",
-    "accuracy": "acc",
-    "unweighted_accuracy": "UA",
-    "jaccard_accuracy": "jacc",
-    "ccc": "CCC",
-    "pearson": "r",
-    "mae": "MAE",
-    "mse": "MSE",
-    "ece": "ECE",
-    "brier": "Brier",
-}
-
-
-def config_from_json(d: dict[str, Any]) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    data = dict(d["data"])
-    for k in ("streams", "length", "groups", "bins"):
-        if k in data and data[k] is not None:
-            data[k] = tuple(data[k])
-    kw = {k: v for k, v in d.items() if k in names and k != "data"}
-    return TrainConfig(data=DataConfig(**data), **kw)
-
-
-@dataclass
-class LoadedRun:
-    """A trained run, ready to predict: its config, model and saved normaliser."""
-
-    path: Path
-    config: TrainConfig
-    model: FusionMethod
-    normalizer: Normalizer
-    threshold: float | None
-
-    def data(self, store: str | None = None, *, keep_unlabelled: bool = False) -> FusionData:
-        """The run's data selection on its own store (or ``store``), with the saved
-        training normalisation (never refitted on the data being evaluated)."""
-        cls = METHODS.get(self.config.method)
-        data = FusionData(
-            open_store(store or self.config.store),
-            self.config.data,
-            align=cls.needs_alignment,
-            keep_unlabelled=keep_unlabelled,
-        )
-        for s, info in data.info.items():
-            if self.model.inputs[s] != info:
-                raise AvxError(
-                    f"{store}: stream {s} is {info}, the run was trained on {self.model.inputs[s]}"
-                )
-        data.normalizer = self.normalizer
-        return data
-
-
-def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
-    path = Path(path)
-    for f in ("config.json", "model.pt"):
-        if not (path / f).exists():
-            raise AvxError(f"{path}: not a run directory (no {f})")
-    config = config_from_json(json.loads((path / "config.json").read_text()))
-    b = torch.load(path / "model.pt", weights_only=False, map_location=device)
-    inputs = {s: StreamInfo(**i) for s, i in b["inputs"].items()}
-    model = create_method(b["method"], inputs, TaskSpec(**b["task"]), **b["method_config"])
-    try:
-        model.load_state_dict(b["state_dict"])
-    except RuntimeError as e:
-        first = " ".join(str(e).split("\n")[1:2]).strip()
-        raise AvxError(
-            f"{path / 'model.pt'}: does not fit method {b['method']} of this avx ({first})"
-        ) from None
-    model.to(device).eval()
-    return LoadedRun(
-        path,
-        replace(config, device=device),
-        model,
-        Normalizer.from_state_dict(b["normalizer"]),
-        b["threshold"],
-    )
+LoadedRun = FusionRun  # the name before runs had save_pretrained/from_pretrained
 
 
 # -- trials ------------------------------------------------------------------------------
@@ -132,7 +46,7 @@ def run_trials(
         cfg = replace(config, data=replace(config.data, fold=fold))
         runs.append(train(cfg, out / f"fold-{fold}", console=console, resume=resume))
     summary = summarize_trials(runs)
-    (out / "trials.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "trials.json", summary)
     table = trials_table(summary)
     table.to_csv(out / "trials.csv", index=False)
     (out / "trials.md").write_text(markdown(table) + "\n")
@@ -142,7 +56,7 @@ def run_trials(
 def test_values(metrics: dict[str, Any]) -> dict[str, float]:
     """The table metrics of one run's test split."""
     test = metrics.get("test") or {}
-    return {m: test[m] for m in TABLE_METRICS[metrics["task"]] if isinstance(test.get(m), int | float)}
+    return {m: test[m] for m in M.table_metrics(metrics["task"]) if isinstance(test.get(m), int | float)}
 
 
 def summarize_trials(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -209,7 +123,7 @@ def compare_runs(paths: list[str | Path], metric: str | None = None) -> pd.DataF
     task = loaded[0][2]
     if any(t != task for _, _, t, _, _ in loaded):
         raise AvxError("runs to compare must share a task")
-    metric = metric or headline(task)
+    metric = M.get_scorer(metric, task).name if metric else M.headline(task)
     ref = loaded[0][3]
     rows = []
     for path, method, _, folds, ci in loaded:
@@ -234,12 +148,12 @@ def compare_runs(paths: list[str | Path], metric: str | None = None) -> pd.DataF
 
 def metrics_table(metrics: dict[str, Any], title: str = "results") -> Table:
     """Dev and test metrics of one run: the fused model, then each stream's own output."""
-    cols = TABLE_METRICS[metrics["task"]][:3]
+    cols = M.table_metrics(metrics["task"])[:3]
     table = Table(title=title)
     table.add_column("model", no_wrap=True)
     for split in ("dev", "test"):
         for c in cols:
-            table.add_column(f"{split}\n{SHORT.get(c, c)}", justify="right")
+            table.add_column(f"{split}\n{M.SCORERS[c].display}", justify="right")
     rows = [(metrics["method"], {sp: metrics.get(sp) or {} for sp in ("dev", "test")})]
     for s in metrics["streams"]:
         rows.append(
@@ -256,13 +170,13 @@ def metrics_table(metrics: dict[str, Any], title: str = "results") -> Table:
 def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -> Table:
     """Test metrics of several runs side by side (``avx demo``), with bootstrap CIs."""
     task = results[0]["task"]
-    cols = TABLE_METRICS[task]
-    key = headline(task)
+    cols = M.table_metrics(task)
+    key = M.headline(task)
     table = Table(title=title)
     table.add_column("method", no_wrap=True)
     for c in cols:
-        table.add_column(SHORT.get(c, c), justify="right")
-    table.add_column(f"{SHORT.get(key, key)} 95% CI", justify="right")
+        table.add_column(M.SCORERS[c].display, justify="right")
+    table.add_column(f"{M.SCORERS[key].display} 95% CI", justify="right")
     table.add_column("s/epoch", justify="right")
     for m in results:
         test = m.get("test") or {}

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,104 +28,35 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from avx.errors import AvxError
 from avx.fuse import metrics as M
-from avx.fuse.data import DataConfig, FusionData
+from avx.fuse.checkpoint import load_checkpoint, save_checkpoint
+from avx.fuse.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from avx.fuse.data import FusionData
 from avx.fuse.dropout import ModalityDropout
 from avx.fuse.evaluate import (
     Predictions,
     ReportOptions,
     calibration,
-    core_metrics,
-    headline,
     jsonable,
     predict,
     probabilities,
     report,
+    score,
     write_predictions,
 )
 from avx.fuse.methods import METHODS, FusionMethod, create_method
 from avx.fuse.methods.base import TaskSpec
+from avx.fuse.run_folder import FusionRun, read_config_extras, run_key, write_config
 from avx.fuse.tasks import (
-    REGRESSION_LOSSES,
     Objective,
     class_weights,
     eval_multihot,
     resampling_weights,
     tune_threshold,
 )
+from avx.serialization import write_json
 from avx.store_schema import open_store
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine-restarts", "warmup-cosine", "step", "plateau")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a run (written to ``RUN/config.json``).
-
-    Optimisation: ``optimizer`` (adam, adamw, sgd with ``momentum``), ``lr``,
-    ``weight_decay``; ``scheduler``: ``cosine-restarts`` (SGDR, ``t0`` epochs,
-    ``t_mult``, stepped per batch), ``warmup-cosine`` (``warmup`` epochs linear, then
-    cosine to 0), ``step`` (x ``gamma`` every ``step_size`` epochs), ``plateau``
-    (x ``gamma`` when the dev metric stalls for ``step_size`` epochs); ``grad_clip``
-    (max L2 norm, 0 = off); ``patience`` (early stopping on dev, 0 = off); ``amp``
-    (float16 autocast on CUDA only).
-
-    Robustness: ``dropout`` is the modality dropout applied to every training batch
-    (none, softhard, noise, prob:P; :mod:`avx.fuse.dropout`).
-
-    Task: ``class_weights`` (none, inverse, effective[:beta]), ``sampling`` (none,
-    over, under), ``regression_loss`` (ccc, ccc+mse, mse, l1), ``threshold`` for
-    multi-label decisions (None: share > 1/C; a number; ``tune`` on dev).
-    """
-
-    store: str
-    method: str
-    data: DataConfig
-    epochs: int = 30
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    scheduler: str = "none"
-    t0: int = 1
-    t_mult: int = 2
-    warmup: int = 1
-    step_size: int = 10
-    gamma: float = 0.1
-    grad_clip: float = 0.0
-    patience: int = 0
-    select_metric: str | None = None
-    class_weights: str = "none"
-    sampling: str = "none"
-    regression_loss: str = "ccc"
-    dropout: str = "none"
-    threshold: float | str | None = None
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False
-    tensorboard: bool = False
-    bootstrap: int = 1000
-    method_config: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise AvxError(f"unknown optimizer '{self.optimizer}'; valid: {', '.join(OPTIMIZERS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise AvxError(f"unknown scheduler '{self.scheduler}'; valid: {', '.join(SCHEDULERS)}")
-        if self.regression_loss not in REGRESSION_LOSSES:
-            raise AvxError(
-                f"unknown regression loss '{self.regression_loss}'; valid: {', '.join(REGRESSION_LOSSES)}"
-            )
-        if self.select_metric is not None and self.select_metric not in M.GREATER_IS_BETTER:
-            raise AvxError(
-                f"unknown select metric '{self.select_metric}'; valid: {', '.join(M.GREATER_IS_BETTER)}"
-            )
-        if isinstance(self.threshold, str) and self.threshold != "tune":
-            raise AvxError(f"--threshold takes a number or 'tune', not '{self.threshold}'")
-        ModalityDropout.parse(self.dropout)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise AvxError("--epochs and --batch-size must be >= 1")
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "TrainConfig", "Trainer", "train"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -228,10 +158,11 @@ def _sample_weights(cfg: TrainConfig, data: FusionData) -> np.ndarray | None:
     return resampling_weights(y, cfg.sampling)
 
 
-def _score(pred: Predictions, data: FusionData, metric: str, opts: ReportOptions) -> float:
+def _selection_score(pred: Predictions, data: FusionData, metric: str, opts: ReportOptions) -> float:
+    """The dev score model selection maximises (the metric, negated when lower is better)."""
     probs = probabilities(pred.scores, data.task)
-    value = core_metrics(data.task, data.names, pred.y, probs, opts).get(metric, float("nan"))
-    return float(value) if M.GREATER_IS_BETTER[metric] else -float(value)
+    value = score(metric, data.task, data.names, pred.y, probs, opts.threshold)
+    return M.SCORERS[metric].sign(value)
 
 
 class Trainer:
@@ -254,7 +185,7 @@ class Trainer:
         self.schedule = Schedule(config, self.optimizers)
         self.objective = make_objective(config, self.data)
         self.sample_weights = _sample_weights(config, self.data)
-        self.metric = config.select_metric or headline(self.data.task)
+        self.metric = config.select_metric or M.headline(self.data.task)
         cuda = str(config.device).startswith("cuda")
         self.amp = bool(config.amp and cuda)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -306,30 +237,31 @@ class Trainer:
         return {f"train_{k}": v / max(n, 1) for k, v in totals.items()}
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _checkpoint(self) -> dict[str, Any]:
+    def _trainer_state(self) -> dict[str, Any]:
+        """Everything but weights that resuming needs (read back with ``weights_only=True``)."""
         return {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
-            "best": (self.best_score, self.best_epoch, self.best_state, self.bad_epochs),
+            "best": [self.best_score, self.best_epoch, self.bad_epochs],
         }
 
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.out, self.epoch, self.model.state_dict(), self.best_state, self._trainer_state())
+
     def resume(self) -> bool:
-        path = self.out / "last.pt"
-        if not path.exists():
+        """Continue from ``RUN/checkpoint`` (False when there is none)."""
+        loaded = load_checkpoint(self.out, self.cfg.device)
+        if loaded is None:
             return False
-        ck = torch.load(path, weights_only=False, map_location=self.cfg.device)
-        saved = (
-            json.loads((self.out / "config.json").read_text()) if (self.out / "config.json").exists() else {}
-        )
-        if saved.get("run") and saved["run"] != _run_key(self.cfg):
+        saved = read_config_extras(self.out)
+        if saved.get("run") and saved["run"] != run_key(self.cfg):
             raise AvxError(f"{self.out}: holds a different run; use another --out or drop --resume")
-        self.model.load_state_dict(ck["model"])
+        weights, best, ck = loaded
+        self.model.load_state_dict(weights)
         for k, o in self.optimizers.items():
             o.load_state_dict(ck["optimizers"][k])
         self.schedule.load_state_dict(ck["schedule"])
@@ -337,8 +269,21 @@ class Trainer:
         self.gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         self.history, self.epoch = ck["history"], ck["epoch"]
-        self.best_score, self.best_epoch, self.best_state, self.bad_epochs = ck["best"]
+        self.best_score, self.best_epoch, self.bad_epochs = ck["best"]
+        self.best_state = best
         return True
+
+    def dev_loss(self) -> float:
+        """The training objective on dev (``--select-metric loss``), without dropout."""
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for batch in self.data.batches("dev", self.cfg.batch_size, shuffle=False):
+                batch = batch.to(self.cfg.device)
+                terms = self.model.loss(self.model(batch), batch, self.objective)
+                total += float(torch.stack(list(terms.values())).sum()) * len(batch)
+                n += len(batch)
+        return total / n if n else math.nan
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> None:
@@ -358,11 +303,18 @@ class Trainer:
                 t0 = time.time()
                 row = self.train_epoch()
                 self.epoch += 1
-                dev = predict(
-                    self.model, self.data, "dev", self.cfg.batch_size, self.cfg.device, per_stream=False
-                )
-                score = _score(dev, self.data, self.metric, opts) if len(dev.y) else -math.inf
-                dev_value = score if M.GREATER_IS_BETTER[self.metric] else -score
+                if self.metric == "loss":
+                    dev_value = self.dev_loss()
+                else:
+                    dev = predict(
+                        self.model, self.data, "dev", self.cfg.batch_size, self.cfg.device, per_stream=False
+                    )
+                    dev_value = score(
+                        self.metric, self.data.task, self.data.names, dev.y,
+                        probabilities(dev.scores, self.data.task), opts.threshold,
+                    )  # fmt: skip
+                scorer = M.SCORERS[self.metric]
+                selection = scorer.sign(dev_value) if math.isfinite(dev_value) else -math.inf
                 row = {
                     "epoch": self.epoch,
                     **row,
@@ -370,9 +322,9 @@ class Trainer:
                     "seconds": round(time.time() - t0, 3),
                 }
                 self.history.append(row)
-                self.schedule.on_dev(score)
-                if self.best_state is None or score > self.best_score:
-                    self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+                self.schedule.on_dev(selection)
+                if self.best_state is None or selection > self.best_score:
+                    self.best_score, self.best_epoch, self.bad_epochs = selection, self.epoch, 0
                     self.best_state = copy.deepcopy(self.model.state_dict())
                 else:
                     self.bad_epochs += 1
@@ -380,7 +332,7 @@ class Trainer:
                     for k, v in row.items():
                         if k != "epoch":
                             writer.add_scalar(k, v, self.epoch)
-                torch.save(self._checkpoint(), self.out / "last.pt")
+                self.save_checkpoint()
                 progress.update(bar, completed=self.epoch, info=f"dev {self.metric} {dev_value:.3f}")
                 if on_epoch_end is not None:
                     on_epoch_end(self.epoch, row)
@@ -430,41 +382,39 @@ class Trainer:
             else None,
         }
         write_predictions(self.out / "predictions.csv", {"dev": dev, "test": test}, self.data, self.threshold)
-        (self.out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
-        torch.save(self.bundle(), self.out / "model.pt")
+        write_json(self.out / "metrics.json", jsonable(metrics))
+        self.run().save_pretrained(self.out, extras=self.config_extras())
         return metrics
 
-    def bundle(self) -> dict[str, Any]:
-        """Everything ``avx fuse eval/predict`` needs to rebuild the model (no store paths)."""
+    def run(self) -> FusionRun:
+        """The trained run as :class:`~avx.fuse.run_folder.FusionRun` (what ``save_pretrained`` writes)."""
+        cfg = replace(self.cfg, method_config=_method_config(self.model))
+        return FusionRun(
+            self.out, cfg, self.model, self.data.normalizer, self.threshold, list(self.data.names)
+        )
+
+    def config_extras(self) -> dict[str, Any]:
+        """What ``config.json`` records beside the config: run identity, stream provenance, versions."""
+        from avx import __version__
+
         return {
-            "method": self.cfg.method,
-            "method_config": asdict(self.model.config),
-            "inputs": {s: asdict(i) for s, i in self.data.info.items()},
-            "task": asdict(self.task),
+            "run": run_key(self.cfg),
             "names": self.data.names,
-            "normalizer": self.data.normalizer.state_dict(),
-            "threshold": self.threshold,
-            "state_dict": self.model.state_dict(),
+            "stream_provenance": {s: st.provenance for s, st in self.data.streams.items()},
+            "avx_version": __version__,
+            "torch_version": torch.__version__,
         }
 
     def write_config(self) -> None:
-        from avx import __version__
-
-        resolved = asdict(self.cfg)
-        resolved["run"] = _run_key(self.cfg)
-        resolved["method_config"] = asdict(self.model.config)
-        resolved["names"] = self.data.names
-        resolved["stream_provenance"] = {s: st.provenance for s, st in self.data.streams.items()}
-        resolved["avx_version"] = __version__
-        resolved["torch_version"] = torch.__version__
-        (self.out / "config.json").write_text(json.dumps(jsonable(resolved), indent=2, default=str))
+        write_config(
+            self.out, replace(self.cfg, method_config=_method_config(self.model)), self.config_extras()
+        )
 
 
-def _run_key(cfg: TrainConfig) -> str:
-    """Identity of a run's settings (``--resume`` refuses a directory holding another run)."""
-    d = asdict(cfg)
-    d.pop("device", None)
-    return json.dumps(jsonable(d), sort_keys=True, default=str)
+def _method_config(model: FusionMethod) -> dict[str, Any]:
+    from avx.serialization import to_dict
+
+    return to_dict(model.config)
 
 
 def _tensorboard(out: Path) -> Any:
@@ -485,8 +435,9 @@ def train(
     resume: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``config.method``; writes ``config.json``, ``metrics.json``, ``model.pt``,
-    ``predictions.csv`` and the resumable ``last.pt`` into ``out_dir``."""
+    """Train ``config.method``; writes ``config.json``, ``metrics.json``, the model
+    (``model.json``, ``model.safetensors``, ``normalizer.safetensors``),
+    ``predictions.csv`` and the resumable ``checkpoint/`` into ``out_dir``."""
     started = time.time()
     out = Path(out_dir)
     trainer = Trainer(config, out, console)

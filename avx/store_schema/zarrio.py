@@ -42,19 +42,21 @@ def open_root(url: str | os.PathLike[str], *, writable: bool = False) -> zarr.Gr
     """Open the root group of a store at a local path or fsspec URL.
 
     Local stores are opened without consolidated metadata (always current); remote
-    stores use it, because HTTP cannot list directories.
+    stores use it, because HTTP cannot list directories. Only Zarr v3 metadata is ever
+    parsed: avx writes v3, and a crafted v2 store (whose object arrays may name a pickle
+    codec) is refused before any of its arrays is looked at.
     """
     if is_local(url):
         path = local_path(url)
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: not an avx store (no zarr.json)")
         store = zarr.storage.LocalStore(path, read_only=not writable)
-        return zarr.open_group(store, mode="r+" if writable else "r", use_consolidated=False)
+        return zarr.open_group(store, mode="r+" if writable else "r", use_consolidated=False, zarr_format=3)
     if writable:
         raise StoreError(f"{url}: avx writes stores on local or network file systems only")
     try:
         store = zarr.storage.FsspecStore.from_url(str(url), read_only=True)
-        return zarr.open_group(store, mode="r", use_consolidated=True)
+        return zarr.open_group(store, mode="r", use_consolidated=True, zarr_format=3)
     except ImportError as e:
         raise StoreError(f"{url}: cannot open ({e}); install the fsspec backend") from None
     except (FileNotFoundError, KeyError, ValueError) as e:

@@ -46,16 +46,18 @@ def create_backbone(
     amp: bool = True,
     options: dict[str, Any] | None = None,
     runtime: Runtime | None = None,
+    trust_pickle: bool = False,
 ) -> Backbone:
     """Build backbone ``name`` (``arch`` or ``arch.tag``) with ``weights`` on ``device``.
 
     ``options`` are the backbone's own settings (``layers``, ``hop``, ``color`` ...); an
-    unknown option is an error naming the backbone.
+    unknown option is an error naming the backbone. ``trust_pickle`` allows checkpoints
+    that pickle Python objects (refused by default: unpickling runs code from the file).
     """
     arch, _, tag = name.partition(".")
     if arch not in BACKBONES or tag not in _presets(arch):
         raise UnknownNameError("backbone", name, list_backbones())
-    runtime = runtime or Runtime.create(device, batch_size, amp)
+    runtime = runtime or Runtime.create(device, batch_size, amp, trust_pickle)
     try:
         return BACKBONES.get(arch)(tag=tag, weights=weights, runtime=runtime, **(options or {}))
     except TypeError as e:

@@ -68,16 +68,20 @@ class Runtime:
     device: torch.device
     batch_size: int | None = None
     amp: bool = True
+    trust_pickle: bool = False
+    """Checkpoints that pickle Python objects may be unpickled (``--trust-pickle``)."""
 
     @classmethod
-    def create(cls, device: str = "cpu", batch_size: int | None = None, amp: bool = True) -> Runtime:
+    def create(
+        cls, device: str = "cpu", batch_size: int | None = None, amp: bool = True, trust_pickle: bool = False
+    ) -> Runtime:
         try:
             dev = torch.device(device)
         except RuntimeError:
             raise AvxError(f"unknown --device '{device}'; use cpu, cuda or cuda:N") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise AvxError(f"--device {device}: CUDA is not available on this machine")
-        return cls(dev, batch_size, amp and dev.type == "cuda")
+        return cls(dev, batch_size, amp and dev.type == "cuda", trust_pickle)
 
     @property
     def precision(self) -> str:

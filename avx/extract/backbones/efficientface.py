@@ -188,16 +188,19 @@ class EfficientFace(VisualBackbone):
                 raise AvxError(f"efficientface: unknown color '{color}'; valid: '' (RGB), sfav (BGR)")
             pre = PRESETS[color]
         self.preprocess, self.runtime = pre, runtime
+        unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         with seeded():
             net = EfficientFaceNet()
         sha = None
         if src.kind == "file":
-            load_into(net, load_state_dict(src.path), src.path, ignore=("fc.",))
+            state = load_state_dict(src.path, trust_pickle=runtime.trust_pickle)
+            unpickled = state.unpickled
+            load_into(net, state, src.path, ignore=("fc.",))
             sha = sha256_file(src.path)
         elif src.kind != "random-init":
             raise AvxError(f"efficientface: weights '{src.spec}' not supported (a checkpoint file or none)")
-        self.weights = src.provenance(sha)
+        self.weights = src.provenance(sha, unpickled=unpickled)
         self.model = net.eval().to(runtime.device)
 
     def provenance(self) -> dict[str, Any]:

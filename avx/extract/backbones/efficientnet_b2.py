@@ -44,11 +44,13 @@ class EfficientNetB2(VisualBackbone):
         self.name = "efficientnet-b2"
         self.preprocess = ImagePreprocess(int(size))
         self.runtime = runtime
+        unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         sha: Any = None
         self.layout = "timm"
         if src.kind == "file":
-            state = load_state_dict(src.path)
+            state = load_state_dict(src.path, trust_pickle=runtime.trust_pickle)
+            unpickled = state.unpickled
             if any(k.startswith("features.") for k in state):
                 self.layout = "torchvision"
                 with seeded():
@@ -75,7 +77,7 @@ class EfficientNetB2(VisualBackbone):
                 net = timm.create_model("efficientnet_b2", pretrained=False, num_classes=0)
         else:
             raise AvxError(f"efficientnet-b2: weights '{src.spec}' not supported ({self.expects} or none)")
-        self.weights = src.provenance(sha)
+        self.weights = src.provenance(sha, unpickled=unpickled)
         self.model = net.eval().to(runtime.device)
 
     def provenance(self) -> dict[str, Any]:

@@ -135,10 +135,12 @@ class EmoFAN(VisualBackbone):
         self.name = "emofan"
         self.preprocess = ImagePreprocess(256, "RGB", 1 / 255, None, None)
         self.runtime = runtime
+        unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         sha = None
         if src.kind == "file":
-            state = load_state_dict(src.path)
+            state = load_state_dict(src.path, trust_pickle=runtime.trust_pickle)
+            unpickled = state.unpickled
             if "emo_fc_2.3.weight" in state:
                 n_expression = int(state["emo_fc_2.3.weight"].shape[0]) - 2
             with seeded():
@@ -158,7 +160,7 @@ class EmoFAN(VisualBackbone):
             "valence": {"shape": [], "dtype": "float32"},
             "arousal": {"shape": [], "dtype": "float32"},
         }
-        self.weights = src.provenance(sha)
+        self.weights = src.provenance(sha, unpickled=unpickled)
         self.model = net.eval().to(runtime.device)
 
     def provenance(self) -> dict[str, Any]:

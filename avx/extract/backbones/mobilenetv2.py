@@ -30,6 +30,7 @@ class MobileNetV2(VisualBackbone):
         self.name = "mobilenetv2"
         self.preprocess = ImagePreprocess(224)
         self.runtime = runtime
+        unpickled = False
         src = resolve_weights(weights, default="imagenet", backbone=self.name)
         with seeded():
             model = mobilenet_v2(weights=None)
@@ -42,11 +43,13 @@ class MobileNetV2(VisualBackbone):
             cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(tv.url).name
             sha = sha256_file(cached) if cached.exists() else None
         elif src.kind == "file":
-            load_into(model, load_state_dict(src.path), src.path, ignore=("classifier.",))
+            state = load_state_dict(src.path, trust_pickle=runtime.trust_pickle)
+            unpickled = state.unpickled
+            load_into(model, state, src.path, ignore=("classifier.",))
             sha = sha256_file(src.path)
         elif src.kind != "random-init":
             raise AvxError(f"mobilenetv2: weights '{src.spec}' not supported (use imagenet, a file or none)")
-        self.weights = src.provenance(sha)
+        self.weights = src.provenance(sha, unpickled=unpickled)
         self.model = model.features.eval().to(runtime.device)
 
     def provenance(self) -> dict[str, Any]:

@@ -116,12 +116,14 @@ class VGGish(AudioBackbone):
             raise AvxError("vggish: hop must be > 0 seconds")
         self.frame_rate = 1 / self.config.hop
         self.runtime = runtime
+        unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         with seeded():
             net = VGGishNet()
         sha, self.pca = None, None
         if src.kind == "file":
-            state = load_state_dict(src.path)
+            state = load_state_dict(src.path, trust_pickle=runtime.trust_pickle)
+            unpickled = state.unpickled
             load_into(net, state, src.path, ignore=("pproc.",))
             if self.config.postprocess:
                 if "pproc.pca_matrix" not in state:
@@ -134,7 +136,7 @@ class VGGish(AudioBackbone):
             raise AvxError(f"vggish: weights '{src.spec}' not supported ({self.expects} or none)")
         elif self.config.postprocess:
             raise AvxError("vggish: postprocess=true needs a checkpoint with PCA parameters")
-        self.weights = src.provenance(sha)
+        self.weights = src.provenance(sha, unpickled=unpickled)
         self.model = net.eval().to(runtime.device)
 
     def provenance(self) -> dict[str, Any]:

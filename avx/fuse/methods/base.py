@@ -20,7 +20,7 @@ freezes layers) without forking the trainer:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -167,12 +167,17 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 METHODS: Registry[type[FusionMethod]] = Registry("fusion method", "avx.fuse.methods")
 
 
-def create_method(name: str, inputs: dict[str, StreamInfo], task: TaskSpec, **overrides: Any) -> FusionMethod:
-    """Build method ``name`` with its default config updated by ``overrides``."""
+def create_method(
+    name: str, inputs: dict[str, StreamInfo], task: TaskSpec, *, config: Any = None, **overrides: Any
+) -> FusionMethod:
+    """Build method ``name`` from ``config`` (its config dataclass; default: the defaults)
+    updated by ``overrides``."""
     cls = METHODS.get(name)
     valid = {f.name for f in fields(cls.config_class)}
     if bad := set(overrides) - valid:
         raise AvxError(f"{name}: unknown option(s) {sorted(bad)}; valid: {sorted(valid)}")
+    if config is not None and not isinstance(config, cls.config_class):
+        raise AvxError(f"{name}: config must be a {cls.config_class.__name__}, not {type(config).__name__}")
     if task.kind not in cls.tasks:
         raise AvxError(f"{name} does not support task '{task.kind}'; it supports {', '.join(cls.tasks)}")
     n = len(inputs)
@@ -181,4 +186,5 @@ def create_method(name: str, inputs: dict[str, StreamInfo], task: TaskSpec, **ov
         raise AvxError(f"{name} takes {cls.min_streams}..{hi} streams; got {n}")
     if task.frame_level and not cls.frame_level:
         raise AvxError(f"{name} predicts per sequence only; per-frame targets need another method")
-    return cls(cls.config_class(**overrides), inputs, task)
+    config = replace(config, **overrides) if config is not None else cls.config_class(**overrides)
+    return cls(config, inputs, task)
