@@ -7,6 +7,7 @@ Errors the user can fix (:class:`~avx.errors.AvxError`) print one line and exit 
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import warnings
@@ -226,19 +227,16 @@ def extract_cmd(
     from avx.extract.run import PARTIAL_EXIT_CODE, ExtractOptions, extract
 
     if list_:
-        _print_backbones()
+        _print_cards("backbones")
         return
     if preset:  # the paper's extraction settings, wherever no option was given
-        from avx.fuse.presets import get_preset
+        from avx.fuse.presets import apply_preset
 
-        given = _explicit(ctx)
-        p = get_preset(preset).extract
-        if not p:
-            raise AvxError(f"preset {preset} sets no extraction options")
-        backbone = backbone if "backbone" in given else p.get("backbone", backbone)
-        frames = frames if "frames" in given else p.get("frames", frames)
-        seconds = seconds if "seconds" in given else p.get("seconds", seconds)
-        crop_size = crop_size if "crop_size" in given else p.get("crop_size", crop_size)
+        chosen = {"backbone": backbone, "frames": frames, "seconds": seconds, "crop_size": crop_size}
+        chosen = apply_preset(chosen, preset, _explicit(ctx), phase="extract")
+        backbone, frames, seconds, crop_size = (
+            chosen[k] for k in ("backbone", "frames", "seconds", "crop_size")
+        )
     missing = [
         n
         for n, v in (("--corpus", corpus), ("--root", root), ("--store", store), ("--backbone", backbone))
@@ -298,19 +296,27 @@ def extract_cmd(
         raise typer.Exit(PARTIAL_EXIT_CODE)
 
 
-def _print_backbones() -> None:
-    from rich.markup import escape
-    from rich.table import Table
+def _print_cards(kind: str, names_only: bool = False) -> None:
+    """The one listing behind ``avx list KIND``, ``avx extract --list``, ``avx fuse methods``,
+    ``avx fuse presets`` and ``avx corpus list``: the registry's cards as a table."""
+    from avx.errors import UnknownNameError
+    from avx.registry import card_table
 
-    from avx.extract.backbones import backbone_info
-
-    table = Table(box=None)
-    table.add_column("name", no_wrap=True)
-    for col in ("modality", "output per frame", "rate", "weights"):
-        table.add_column(col)
-    for i in backbone_info():
-        table.add_row(*(escape(x) for x in (i.name, i.modality, i.shape, i.rate, i.weights)))
-    out.print(table)
+    registries = {
+        "backbones": "avx.extract.backbones:BACKBONES",
+        "corpora": "avx.corpora:CORPORA",
+        "methods": "avx.fuse.methods:METHODS",
+        "presets": "avx.fuse.presets:PRESETS",
+    }
+    if kind not in registries:
+        raise UnknownNameError("list", kind, list(registries))
+    module, _, attr = registries[kind].partition(":")
+    registry = getattr(importlib.import_module(module), attr)
+    if names_only:
+        for name in registry.names():
+            out.print(name, highlight=False)
+        return
+    out.print(card_table(registry.cards()))
 
 
 def _kv(items: list[str] | None) -> dict[str, object]:
@@ -554,7 +560,7 @@ def fuse_eval(
     kw = dict(
         store=store,
         split=split,
-        sfav=tuple(_split_csv([settings])) if settings else (),
+        modality_table=tuple(_split_csv([settings])) if settings else (),
         absent=absent,
         device=device,
         batch_size=batch_size,
@@ -609,30 +615,10 @@ def fuse_compare(
         table.to_csv(csv, index=False)
 
 
-TASK_ABBREV = {"multiclass": "class", "multilabel": "multi-label", "regression": "regression"}
-
-
 @fuse_app.command("methods")
 def fuse_methods() -> None:
-    """Registered fusion methods: tasks, number of streams, per-frame support."""
-    from rich.table import Table
-
-    from avx.fuse.methods import METHODS
-
-    table = Table(box=None)
-    for col in ("method", "tasks", "streams", "per-frame", "missing modality as"):
-        table.add_column(col, no_wrap=True)
-    for name in METHODS.names():
-        cls = METHODS.get(name)
-        hi = cls.max_streams if cls.max_streams is not None else "any"
-        table.add_row(
-            name,
-            ", ".join(TASK_ABBREV[t] for t in cls.tasks),
-            f"{cls.min_streams}..{hi}",
-            "yes" if cls.frame_level else "no",
-            cls.missing,
-        )
-    out.print(table)
+    """Registered fusion methods: tasks, number of streams, per-frame support (= `avx list methods`)."""
+    _print_cards("methods")
 
 
 @fuse_app.command("plot")
@@ -652,47 +638,23 @@ def fuse_plot(
 
 @fuse_app.command("presets")
 def fuse_presets() -> None:
-    """Training recipes from the papers: method, settings, and where they come from."""
-    from avx.fuse.presets import PRESETS
-
-    for p in PRESETS.values():
-        settings = ", ".join(f"{k}={v}" for k, v in {**p.train, **p.data, **p.method_config}.items())
-        also = f"; also {', '.join(p.methods)}" if p.methods else ""
-        out.print(f"[bold]{p.name}[/] (method {p.method}{also}): {settings}", highlight=False)
-        if p.extract:
-            ex = " ".join(
-                f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
-                for k, v in p.extract.items()
-            )
-            out.print(f"  avx extract --preset {p.name} = {ex}", highlight=False)
-        out.print(f"  {p.source}", highlight=False)
+    """Recipes from the papers: method, settings, features, source (= `avx list presets`)."""
+    _print_cards("presets")
 
 
 @corpus_app.command("list")
 def corpus_list() -> None:
-    """Registered corpora: modalities, label types and the layout avx expects, one line each."""
-    from avx.corpora import CORPORA
-
-    for name in CORPORA.names():
-        i = CORPORA.info(name)
-        out.print(f"[bold]{name}[/]  modalities: {i.modalities} | labels: {i.labels} | layout: {i.layout}")
+    """Registered corpora: modalities, label types and expected layout (= `avx list corpora`)."""
+    _print_cards("corpora")
 
 
 @app.command("list")
 def list_cmd(
-    kind: Annotated[str, typer.Argument(help="corpora | backbones | methods")],
+    kind: Annotated[str, typer.Argument(help="backbones | corpora | methods | presets")],
+    names: Annotated[bool, typer.Option("--names", help="Names only, one per line (for scripts).")] = False,
 ) -> None:
-    """List registered corpora, backbones or fusion methods."""
-    from avx.corpora import CORPORA
-    from avx.errors import UnknownNameError
-    from avx.extract.backbones import list_backbones
-    from avx.fuse.methods import METHODS
-
-    kinds = {"corpora": CORPORA.names, "backbones": list_backbones, "methods": METHODS.names}
-    if kind not in kinds:
-        raise UnknownNameError("list", kind, list(kinds))
-    for name in kinds[kind]():
-        out.print(name)
+    """List what is registered, with what each entry states about itself."""
+    _print_cards(kind, names)
 
 
 @app.command("demo")

@@ -438,3 +438,35 @@ def test_protocol_and_fold_select_the_split(demo_store: Path) -> None:
     assert not np.array_equal(folds[0].split, folds[1].split)
     with pytest.raises(Exception, match="unknown protocol 'official'"):
         FusionData(store, DataConfig(streams=STREAMS, protocol="official"))
+
+
+def test_occlusion_rebuilds_the_backbone_with_its_recorded_options(
+    demo_store: Path, demo_corpus: Path, tmp_path: Path
+) -> None:
+    """A stream extracted with ``--opt color=sfav`` is rebuilt from its provenance with
+    that option (BGR/255 input), so it can be occluded; the name alone would rebuild the
+    RGB-normalised extractor, which the re-encoding guard rightly refuses."""
+    from avx.extract.backbones import create_backbone
+    from avx.fuse.occlusion import occluded_data
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(demo_store, store)
+    run_avx(
+        "extract", "--corpus", "avx-demo", "--root", demo_corpus, "--store", store,
+        "--backbone", "efficientface", "--weights", "none", "--opt", "color=sfav", "--dtype", "float32",
+        "--fps", "5", "--min-face-size", "40",
+    )  # fmt: skip
+    prov = open_store(store).stream("video/efficientface").provenance
+    assert prov["options"] == {"color": "sfav"}
+    rebuilt = create_backbone(prov)
+    assert rebuilt.preprocess.color == "BGR" and rebuilt.provenance()["preprocess"] == prov["preprocess"]
+    plain = create_backbone("efficientface", weights="none")
+    assert plain.preprocess.color == "RGB"
+
+    streams = ("audio/mfcc", "video/efficientface")
+    data = FusionData(open_store(store), DataConfig(streams=streams))
+    occluded = occluded_data(data, 0.5, "test")
+    video, audio = "video/efficientface", "audio/mfcc"
+    test = data.indices("test")
+    assert any(not np.array_equal(occluded.features[video][i], data.features[video][i]) for i in test)
+    assert all(np.array_equal(occluded.features[audio][i], data.features[audio][i]) for i in test)

@@ -159,3 +159,55 @@ def test_multilabel_decision_rules() -> None:
     # Share rule: a class is on when its share of the summed probability exceeds 1/C.
     assert decide(probs, "multilabel", None).tolist() == [[1, 1, 0, 0], [0, 0, 0, 0]]
     assert decide(probs, "multilabel", 0.25).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    ("y", "p", "groups"),
+    [
+        ([1, 0, 0, 0], [1, 0, 0, 0], "aabb"),  # group b has no positives: its TPR counts as 0
+        ([1, 1, 0, 0], [1, 0, 1, 0], "aabb"),
+        ([0, 0, 0, 0], [1, 0, 1, 0], "aabb"),  # nobody positive
+        ([1, 1, 1, 1], [1, 0, 1, 1], "aabb"),  # nobody negative
+        ([1, 1, 0, 0], [1, 1, 0, 0], "abab"),
+        ([0, 1, 0, 1, 1], [1, 1, 0, 0, 1], "aabbc"),  # group c: one positive, no negatives
+        ([1, 0, 1], [1, 1, 1], "aaa"),  # a single group
+    ],
+)
+def test_equalized_odds_edge_cases_match_fairlearn(y: list, p: list, groups: str) -> None:
+    y_, p_, g = np.array(y), np.array(p), np.array(list(groups))
+    assert M.equalized_odds_difference(y_, p_, g) == pytest.approx(
+        equalized_odds_difference(y_, p_, sensitive_features=g)
+    )
+    assert M.demographic_parity_difference(p_, g) == pytest.approx(
+        demographic_parity_difference(y_, p_, sensitive_features=g)
+    )
+
+
+def test_the_scorer_table_is_the_one_source(rng: np.random.Generator) -> None:
+    """Every scorer computed alone equals the same metric in a report, for every task it
+    applies to; tables and headlines are read from the same table."""
+    from avx.fuse.evaluate import ReportOptions, core_metrics, score
+
+    names = ["a", "b", "c", "d"]
+    y = {
+        "multiclass": rng.integers(0, 4, 120),
+        "multilabel": (rng.random((120, 4)) < 0.4).astype(float),
+        "regression": rng.normal(size=(120, 2)),
+    }
+    probs = {
+        "multiclass": rng.dirichlet(np.ones(4), 120),
+        "multilabel": rng.random((120, 4)),
+        "regression": y["regression"] + rng.normal(size=(120, 2)),
+    }
+    task_names = {"multiclass": names, "multilabel": names, "regression": ["valence", "arousal"]}
+    for task in M.TASKS:
+        rep = core_metrics(task, task_names[task], y[task], probs[task], ReportOptions())
+        assert M.headline(task) == M.table_metrics(task)[0]
+        for name, s in M.SCORERS.items():
+            if task not in s.tasks or s.fn is None:
+                continue
+            assert score(name, task, task_names[task], y[task], probs[task]) == pytest.approx(rep[name]), name
+        assert set(M.table_metrics(task)) <= set(rep)
+    assert M.SCORERS["mae"].sign(0.5) == -0.5 and M.SCORERS["ccc"].sign(0.5) == 0.5
+    with pytest.raises(Exception, match="does not apply to regression"):
+        M.get_scorer("macro_f1", "regression")

@@ -9,12 +9,20 @@ import pytest
 import torch
 
 from avx.corpora import CORPORA
-from avx.errors import UnknownNameError
-from avx.extract.backbones import AudioBackbone, TextBackbone, VisualBackbone, create_backbone, list_backbones
+from avx.errors import AvxError, UnknownNameError
+from avx.extract.backbones import (
+    BACKBONES,
+    AudioBackbone,
+    TextBackbone,
+    VisualBackbone,
+    create_backbone,
+    list_backbones,
+)
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.methods import METHODS, create_method
 from avx.fuse.methods.base import TaskSpec
 from avx.fuse.tasks import Objective
+from tests.conftest import run_avx
 from tests.tiny_models import save_speech_model, save_text_model
 
 
@@ -26,10 +34,9 @@ def test_unknown_names_list_valid_ones() -> None:
     assert "mfcc" in msg and "mobilenetv2" in msg and "\n" not in msg
     with pytest.raises(UnknownNameError) as e:
         METHODS.get("nope")
-    assert str(e.value).startswith(
-        "unknown fusion method 'nope'; valid: cold, context, early, late, mult, sfav-ia1,"
-    )
-    assert str(e.value).endswith("sfav-tva, tav, tva, unimodal")
+    msg = str(e.value)
+    assert msg.startswith("unknown fusion method 'nope'; valid: ") and "\n" not in msg
+    assert msg.removeprefix("unknown fusion method 'nope'; valid: ").split(", ") == METHODS.names()
     with pytest.raises(UnknownNameError, match="cremad"):
         CORPORA.get("crema")
 
@@ -53,6 +60,10 @@ def hf_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_every_backbone_produces_its_declared_frames(name: str, hf_folders: dict[str, Path]) -> None:
     arch = next((a for a in hf_folders if name.split(".")[0].startswith(a)), None)
     b = create_backbone(name, weights=str(hf_folders[arch]) if arch else "none")
+    card = BACKBONES.get(name)
+    assert card.name == name and card.modality == b.modality and card.weights
+    if name != "faces" and "D]" not in card.shape:  # the card's declared width is the real one
+        assert f"{b.frame_shape[-1]}]" in card.shape.replace(" ", ""), (card.shape, b.frame_shape)
     prov = b.provenance()
     assert prov["backbone"] == name and ("weights_sha256" in prov or name == "faces")
     rng = np.random.default_rng(0)
@@ -106,3 +117,115 @@ def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> N
     extra = sum(lg.sum() for lg in out.modality_logits.values()) * 1e-3
     (torch.stack(list(terms.values())).sum() + extra).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# -- declared capabilities are tested, not trusted -------------------------------------------
+
+
+def _capability_cases() -> list[tuple[str, str, bool, int]]:
+    """(method, task, per frame, layers) for every claim every method card makes."""
+    cases = []
+    for card in METHODS.cards():
+        for task in card.tasks:
+            for frame in (False, True) if card.frame_level else (False,):
+                for layers in (1, 3):
+                    cases.append((card.name, task, frame, layers))
+    return cases
+
+
+def _capability_batch(n_streams: int, task: str, frame: bool, layers: int, k: int) -> Batch:
+    """Two or three streams on one 20-frame clock (aligned, as per-frame targets are), the
+    second sample's second stream absent, padding at the end of the third sample (16 real
+    frames: SFAV's audio branch needs 13)."""
+    torch.manual_seed(0)
+    b, t = 3, 20
+    specs = [("audio/a", 5), ("video/v", 7), ("text/t", 4)][:n_streams]
+    inputs, masks = {}, {}
+    for s, d in specs:
+        shape = (b, t, layers, d) if layers > 1 else (b, t, d)
+        inputs[s] = torch.randn(shape)
+        masks[s] = torch.ones(b, t, dtype=torch.bool)
+        masks[s][2, 16:] = False
+    present = {s: torch.ones(b, dtype=torch.bool) for s, _ in specs}
+    if n_streams > 1:
+        present["video/v"][1] = False
+        masks["video/v"][1] = False
+        inputs["video/v"][1] = 0
+    shape = (b, t) if frame else (b,)
+    if task == "multiclass":
+        targets = torch.randint(0, k, shape)
+    elif task == "multilabel":
+        targets = (torch.rand(*shape, k) < 0.5).float()
+    else:
+        targets = torch.randn(*shape, k)
+    target_mask = masks["audio/a"].clone() if frame else torch.ones(b, dtype=torch.bool)
+    return Batch(["x", "y", "z"], np.arange(b), inputs, masks, present, targets, target_mask)
+
+
+@pytest.mark.parametrize(("name", "task", "frame", "layers"), _capability_cases())
+def test_every_declared_capability_gives_the_right_shapes_and_a_gradient(
+    name: str, task: str, frame: bool, layers: int
+) -> None:
+    card = METHODS.get(name)
+    n_streams = card.min_streams
+    k = 3
+    batch = _capability_batch(n_streams, task, frame, layers, k)
+    info = {
+        s: StreamInfo(x.shape[-1], layers=layers, modality=s.split("/")[0]) for s, x in batch.inputs.items()
+    }
+    model = create_method(name, info, TaskSpec(task, k, frame_level=frame))
+    out = model(batch)
+    want = (3, 20, k) if frame else (3, k)
+    assert out.logits.shape == want and torch.isfinite(out.logits).all()
+    for s, lg in out.modality_logits.items():
+        assert lg.shape == want, s
+    terms = model.loss(out, batch, Objective(task))
+    loss = torch.stack(list(terms.values())).sum()
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    if layers > 1:  # the learned layer mixing is trained
+        mixes = [m.weights for m in model.layer_mix.values()]
+        assert mixes and all(w.grad is not None for w in mixes)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_undeclared_capabilities_are_refused(name: str) -> None:
+    card = METHODS.get(name)
+    info = {"audio/a": StreamInfo(5), "video/v": StreamInfo(7, modality="video"), "text/t": StreamInfo(4)}
+    inputs = dict(list(info.items())[: card.min_streams])
+    for task in set(("multiclass", "multilabel", "regression")) - set(card.tasks):
+        with pytest.raises(AvxError, match="does not support task"):
+            create_method(name, inputs, TaskSpec(task, 3))
+    if not card.frame_level:
+        with pytest.raises(AvxError, match="per sequence only"):
+            create_method(name, inputs, TaskSpec(card.tasks[0], 3, frame_level=True))
+    if card.max_streams is not None:
+        many = {f"audio/s{i}": StreamInfo(3) for i in range(card.max_streams + 1)}
+        with pytest.raises(AvxError, match="streams; got"):
+            create_method(name, many, TaskSpec(card.tasks[0], 3))
+
+
+def test_method_cards_default_to_the_conservative_claims() -> None:
+    from avx.fuse.methods.base import MethodCard
+    from avx.fuse.methods.unimodal import Unimodal
+
+    card = MethodCard("x", Unimodal)
+    assert (card.tasks, card.frame_level, card.min_streams, card.missing) == (
+        ("multiclass",),
+        False,
+        2,
+        "mask",
+    )
+
+
+def test_every_list_is_the_one_listing() -> None:
+    for kind, registry in (("methods", METHODS), ("backbones", BACKBONES), ("corpora", CORPORA)):
+        names = run_avx("list", kind, "--names").stdout.split()
+        assert names == registry.names()
+    table = run_avx("list", "methods").stdout
+    assert table == run_avx("fuse", "methods").stdout and "per frame" in table
+    assert run_avx("list", "backbones").stdout == run_avx("extract", "--list").stdout
+    assert run_avx("list", "corpora").stdout == run_avx("corpus", "list").stdout
+    assert "sfav-ravdess" in run_avx("list", "presets").stdout == run_avx("fuse", "presets").stdout

@@ -23,7 +23,7 @@ from avx.fuse.train import TrainConfig, train
 from avx.store_schema import open_store
 from tests.conftest import run_avx, synthetic_store
 
-SFAV = sorted(n for n in METHODS.names() if n.startswith("sfav-"))
+SFAV = sorted(n for n in METHODS.names() if n.startswith("sfav."))
 INPUTS = {"audio/a": StreamInfo(10), "video/v": StreamInfo(12, modality="video")}
 
 
@@ -66,7 +66,7 @@ def _first(b: Batch, k: int = 1) -> Batch:
 def test_variant_shapes_gradients_heads_and_padding(name: str) -> None:
     torch.manual_seed(0)
     model = create_method(name, INPUTS, TaskSpec("multiclass", 5))
-    fusion = name.removeprefix("sfav-").rstrip("14")
+    fusion = name.removeprefix("sfav.").rstrip("14")
     heads = 4 if name.endswith("4") else 1
     assert (model.config.fusion, model.config.heads) == (fusion, heads)
     attn = [m for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention | AttentionImportance)]
@@ -104,7 +104,7 @@ def test_branch_lengths_follow_table_one() -> None:
     """3.6 s of MFCC at hop 512 (156 frames) leaves 150 frames after stage 1 and 144
     after stage 2 (valid convolutions + 2-frame pooling); the visual branch keeps 15."""
     inputs = {"audio/m": StreamInfo(10), "video/e": StreamInfo(1024, modality="video")}
-    model = create_method("sfav-lt1", inputs, TaskSpec("multiclass", 8))
+    model = create_method("sfav.lt1", inputs, TaskSpec("multiclass", 8))
     xa, ma = torch.randn(2, 10, 156), torch.ones(2, 156, dtype=torch.bool)
     ma[1, 100:] = False
     a1, m1 = model.branch_a.run(1, xa, ma)
@@ -144,14 +144,44 @@ def test_intermediate_attention_importance_by_hand() -> None:
 
 
 def test_bad_options_and_too_short_audio_fail_clearly() -> None:
-    with pytest.raises(AvxError, match="unknown fusion 'xx'"):
-        create_method("sfav-ia1", INPUTS, TaskSpec("multiclass", 3), fusion="xx")
+    with pytest.raises(AvxError, match=r"fusion 'xx' is not built by SfavAttention.*sfav\.<fusion><heads>"):
+        create_method("sfav.ia1", INPUTS, TaskSpec("multiclass", 3), fusion="xx")
+    with pytest.raises(AvxError, match="fusion 'lt' is not built by SfavAttention"):
+        create_method("sfav.ia1", INPUTS, TaskSpec("multiclass", 3), fusion="lt")
     with pytest.raises(AvxError, match="heads do not divide"):
         create_method("sfav-lt1", INPUTS, TaskSpec("multiclass", 3), heads=3)
     model = create_method("sfav-ia1", INPUTS, TaskSpec("multiclass", 3))
     with pytest.raises(AvxError, match=r"sample s1 has 10 frames of audio/a; .* needs >= 13"):
         model(_batch([20, 10], [5, 5]))
     assert SfavConfig().residual_attention  # the paper's block by default
+
+
+def test_older_sfav_names_resolve_to_the_same_variant() -> None:
+    for name in SFAV:
+        old = name.replace(".", "-")
+        assert METHODS.get(old) is METHODS.get(name) and old in METHODS.get(name).aliases
+    assert all("-" not in n.removeprefix("sfav") for n in SFAV) and len(SFAV) == 9
+
+
+def test_the_official_code_configuration_is_reachable_by_options() -> None:
+    """``--set qkv_bias=false,dropout=0,attention_dim=0,residual_attention=false`` builds
+    the official code's layers: no q/k/v biases, no dropout, IA projections as wide as the
+    query branch (128 audio, 64 video), so its ia4 weights fit."""
+    official = {"qkv_bias": False, "dropout": 0.0, "attention_dim": 0, "residual_attention": False}
+    ia = create_method("sfav.ia4", INPUTS, TaskSpec("multiclass", 3), **official)
+    assert ia.importance_v.q.weight.shape == (128, 128) and ia.importance_a.q.weight.shape == (64, 64)
+    default = create_method("sfav.ia4", INPUTS, TaskSpec("multiclass", 3))
+    assert default.importance_v.q.weight.shape == (64, 128)
+    lt = create_method("sfav.lt1", INPUTS, TaskSpec("multiclass", 3), **official)
+    attn = [m for m in lt.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert attn and all(m.in_proj_bias is None and m.out_proj.bias is not None for m in attn)
+    assert all(m.p == 0.0 for m in lt.modules() if isinstance(m, torch.nn.Dropout))
+    lt.eval()
+    out = lt(_batch([20, 16], [5, 4]))
+    assert torch.isfinite(out.logits).all() and not lt.fuse_a.residual
+    with_bias = create_method("sfav.lt1", INPUTS, TaskSpec("multiclass", 3))
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(with_bias) - n(lt) == 3 * 128 + 3 * 128  # one q/k/v bias triple per block
 
 
 # -- modality dropout --------------------------------------------------------------------
@@ -230,7 +260,7 @@ def test_softhard_dropout_keeps_single_modalities_working(tmp_path: Path) -> Non
         for dropout in acc:
             base = TrainConfig(
                 store=str(store),
-                method="sfav-ia1",
+                method="sfav.ia1",
                 data=DataConfig(streams=("audio/syn", "video/syn"), labels="intended"),
                 seed=seed,
                 bootstrap=0,
@@ -239,7 +269,7 @@ def test_softhard_dropout_keeps_single_modalities_working(tmp_path: Path) -> Non
             cfg = replace(cfg, data=base.data)  # 48 and 15 frames: no 3.6 s MFCC padding
             run = tmp_path / f"{dropout}-{seed}"
             train(cfg, run)
-            table = evaluate_run(run, sfav=("av", "a", "v", "mean"))["table"]
+            table = evaluate_run(run, modality_table=("av", "a", "v", "mean"))["table"]
             acc[dropout].append({r["setting"][:2].strip(): r["accuracy"] for r in table})
     mean = {
         d: {k: float(np.mean([r[k] for r in rows])) for k in ("AV", "A", "V", "M")} for d, rows in acc.items()
@@ -255,12 +285,12 @@ def test_cli_preset_dropout_trials_and_the_sfav_table(demo_store: Path, tmp_path
     out = tmp_path / "trials"
     common = ["--store", demo_store, "--streams", "audio/mfcc,video/mobilenetv2", "--labels", "intended"]
     run_avx(
-        "fuse", "train", "--preset", "sfav-ravdess", "--method", "sfav-lt4", "--dropout", "noise",
+        "fuse", "train", "--preset", "sfav-ravdess", "--method", "sfav.lt4", "--dropout", "noise",
         "--epochs", "2", "--set", "dropout=0.2", "--out", out, "--trials", "2", *common,
     )  # fmt: skip
     cfg = json.loads((out / "fold-1" / "config.json").read_text())
     assert (cfg["method"], cfg["dropout"], cfg["optimizer"], cfg["lr"], cfg["epochs"]) == (
-        "sfav-lt4", "noise", "sgd", 0.04, 2,
+        "sfav.lt4", "noise", "sgd", 0.04, 2,
     )  # fmt: skip
     assert (
         cfg["data"]["length"] == ["audio=pad:156", "video=pad:15"] and cfg["method_config"]["dropout"] == 0.2

@@ -23,17 +23,12 @@ import numpy as np
 import pandas as pd
 
 from avx.corpora._io import check_range, fail, media_index, read_csv, require_dir, require_numeric
-from avx.corpora.base import CORPORA, ContinuousLabels, CorpusInfo, CorpusMetadata
+from avx.corpora.base import CORPORA, ContinuousLabels, CorpusCard, CorpusMetadata
 from avx.corpora.protocols import official
 
 NAME = re.compile(r"^(?P<part>Train|Devel|Test)_(?P<culture>DE|HU|CN)_(?P<n>\d{2})$")
 TIME_COLUMNS = ("timestamp", "time", "frametime")
 DIMENSIONS = ["arousal", "valence"]
-INFO = CorpusInfo(
-    modalities="audio, video",
-    labels="time-continuous arousal/valence in [-1, 1] (10 Hz), culture",
-    layout="audio/<Part>_<CC>_NN.wav, video/*.avi|mp4, labels/*.csv",
-)
 
 
 def read_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +50,6 @@ def read_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return times, values
 
 
-@CORPORA.register_corpus("avec2019-ces", INFO)
 def load_avec2019_ces(root: Path) -> CorpusMetadata:
     root = require_dir(root)
     audio = media_index(root, ["audio/*.wav"])
@@ -101,3 +95,14 @@ def load_avec2019_ces(root: Path) -> CorpusMetadata:
         default_protocol=partition.name,
         attrs={"source": "AVEC 2019 CES (SEWA database)", "licence": "SEWA EULA"},
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "avec2019-ces",
+        load_avec2019_ces,
+        modalities="audio, video",
+        labels="time-continuous arousal/valence in [-1, 1] (10 Hz), culture",
+        layout="audio/<Part>_<CC>_NN.wav, video/*.avi|mp4, labels/*.csv",
+    )
+)

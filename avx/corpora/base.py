@@ -1,7 +1,8 @@
 """What a corpus adapter produces: metadata (and, for feature-only corpora, features).
 
-One adapter per file in this package, registered with ``@CORPORA.register(name)`` and
-described by a :class:`CorpusInfo` (shown by ``avx corpus list``). An adapter reads a
+One adapter per file in this package, registered with
+``CORPORA.register(CorpusCard(name, load_fn, modalities=..., labels=..., layout=...))``
+(shown by ``avx list corpora``). An adapter reads a
 corpus in its official layout and returns :class:`CorpusMetadata`; the store writer
 turns that into the ``samples``, ``labels`` and ``protocols`` groups, and the
 extraction loop uses the media paths (relative to the corpus root) it lists.
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from avx.corpora.protocols import Protocol
-from avx.registry import Registry
+from avx.registry import Card, Registry
 
 REQUIRED_COLUMNS = ("id", "speaker", "duration", "audio_path", "video_path")
 """Every corpus has these sample columns; media paths are "" when a clip lacks them.
@@ -85,13 +86,29 @@ class ImportedStream:
     dtype: str = "float32"
 
 
-@dataclass(frozen=True)
-class CorpusInfo:
-    """One line of ``avx corpus list``: what a corpus offers and where avx looks for it."""
+CorpusAdapter = Callable[[Path], "CorpusMetadata"]
+"""A registered corpus's ``load(root)``: reads the official layout's metadata."""
 
-    modalities: str
-    labels: str
-    layout: str
+
+@dataclass(frozen=True)
+class CorpusCard(Card):
+    """A registered corpus: its adapter, what it offers and where avx looks for it.
+
+    Attributes:
+        load: ``load(root)`` reads the official layout's metadata (the adapter).
+        modalities / labels / layout: one line each for ``avx list corpora``.
+    """
+
+    load: CorpusAdapter | None = None
+    modalities: str = "?"
+    labels: str = "?"
+    layout: str = "?"
+
+    columns = ("modalities", "labels", "layout")
+
+    def __post_init__(self) -> None:
+        if self.load is None:
+            raise TypeError(f"corpus card {self.name}: load is required")
 
 
 @dataclass
@@ -167,28 +184,11 @@ class CorpusMetadata:
         return self.categorical.get("intended")
 
 
-CorpusAdapter = Callable[[Path], CorpusMetadata]
-"""A registered corpus: ``load(root)`` reads the official layout's metadata."""
-
-
-class _CorpusRegistry(Registry[CorpusAdapter]):
-    def register_corpus(self, name: str, info: CorpusInfo) -> Callable[[CorpusAdapter], CorpusAdapter]:
-        """Register an adapter together with its ``avx corpus list`` line."""
-
-        def deco(fn: CorpusAdapter) -> CorpusAdapter:
-            fn.info = info  # type: ignore[attr-defined]
-            return self.register(name)(fn)
-
-        return deco
-
-    def info(self, name: str) -> CorpusInfo:
-        return getattr(self.get(name), "info", CorpusInfo("?", "?", "?"))
-
-
-CORPORA = _CorpusRegistry("corpus", "avx.corpora")
+CORPORA: Registry[CorpusCard] = Registry("corpus", "avx.corpora")
 
 
 def load_corpus(name: str, root: str | Path) -> CorpusMetadata:
     """Read corpus ``name`` at ``root`` (metadata only; imported features stream lazily)."""
-    adapter = CORPORA.get(name)
-    return adapter(Path(root))
+    card = CORPORA.get(name)
+    assert card.load is not None
+    return card.load(Path(root))

@@ -39,7 +39,7 @@ import pandas as pd
 
 from avx.corpora._features import flatten_splits, load_feature_pickle, pickle_streams, single_pickle
 from avx.corpora._io import check_range, fail, require_dir, sha256_file
-from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata, Dimensions, ImportedStream
+from avx.corpora.base import CORPORA, CorpusCard, CorpusMetadata, Dimensions, ImportedStream
 from avx.corpora.protocols import official, speaker_trials
 
 CLASS_NAMES = ["happy", "sad", "anger", "surprise", "disgust", "fear"]
@@ -47,11 +47,6 @@ MODALITY_HINTS = (
     ("audio", ("covarep", "opensmile", "acoustic", "audio")),
     ("video", ("facet", "openface", "visual", "vision")),
     ("text", ("glove", "word", "bert", "text", "language")),
-)
-INFO = CorpusInfo(
-    modalities="features only: audio (COVAREP), video (FACET), text (GloVe/BERT)",
-    labels="sentiment [-3, 3], six emotion intensities [0, 3] (multi-label)",
-    layout="*.csd (CMU SDK HDF5: Labels + feature sequences) or aligned/unaligned *.pkl",
 )
 
 
@@ -244,7 +239,6 @@ def _metadata(samples, emotions, sentiment, protocols, streams, source) -> Corpu
     )
 
 
-@CORPORA.register_corpus("cmu-mosei", INFO)
 def load_cmu_mosei(root: Path) -> CorpusMetadata:
     root = require_dir(root)
     label_files = [p for p in sorted(root.glob("*.csd")) if "label" in p.stem.lower()]
@@ -253,3 +247,14 @@ def load_cmu_mosei(root: Path) -> CorpusMetadata:
     if (pickle := single_pickle(root)) is not None:
         return _from_pickle(root, pickle)
     raise fail(root, "no CMU-MOSEI labels (*Labels*.csd) and no release pickle (*.pkl)")
+
+
+CORPORA.register(
+    CorpusCard(
+        "cmu-mosei",
+        load_cmu_mosei,
+        modalities="features only: audio (COVAREP), video (FACET), text (GloVe/BERT)",
+        labels="sentiment [-3, 3], six emotion intensities [0, 3] (multi-label)",
+        layout="*.csd (CMU SDK HDF5: Labels + feature sequences) or aligned/unaligned *.pkl",
+    )
+)

@@ -23,7 +23,7 @@ import pandas as pd
 import soundfile as sf
 
 from avx.corpora._io import check_range, check_unique, fail, read_csv, require_dir
-from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata
+from avx.corpora.base import CORPORA, CorpusCard, CorpusMetadata
 from avx.corpora.protocols import speaker_trials
 
 CLASS_CODES = ("A", "D", "F", "H", "N", "S")
@@ -49,11 +49,6 @@ VIDEO_DIRS = ("VideoFlash", "VideoMP4")
 VIDEO_EXTS = (".flv", ".mp4")
 VOTES_FILES = ("processedResults/tabulatedVotes.csv", "tabulatedVotes.csv")
 """The official place first; a flat copy of the metadata files is accepted too."""
-INFO = CorpusInfo(
-    modalities="audio, video",
-    labels="votes per rater modality (voice/face/av), intensity, intended emotion+level",
-    layout="AudioWAV/*.wav, VideoFlash/*.flv|mp4, processedResults/tabulatedVotes.csv, VideoDemographics.csv",
-)
 
 
 def parse_clip_id(clip_id: str, source: Path | str = "CREMA-D") -> dict[str, object]:
@@ -132,7 +127,6 @@ def _votes(
     return counts, intensity
 
 
-@CORPORA.register_corpus("cremad", INFO)
 def load_cremad(root: Path) -> CorpusMetadata:
     """Read CREMA-D metadata (votes, intensities, demographics, clip list)."""
     root = require_dir(root)
@@ -192,3 +186,16 @@ def load_cremad(root: Path) -> CorpusMetadata:
         default_protocol=trials.name,
         attrs={"source": "CREMA-D (CheyneyComputerScience/CREMA-D)", "licence": "ODbL 1.0 / DbCL 1.0"},
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "cremad",
+        load_cremad,
+        modalities="audio, video",
+        labels="votes per rater modality (voice/face/av), intensity, intended emotion+level",
+        layout=(
+            "AudioWAV/*.wav, VideoFlash/*.flv|mp4, processedResults/tabulatedVotes.csv, VideoDemographics.csv"
+        ),
+    )
+)

@@ -15,19 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from avx.corpora._io import fail, read_csv
-from avx.corpora.base import CORPORA, ContinuousLabels, CorpusInfo, CorpusMetadata, Dimensions
+from avx.corpora.base import CORPORA, ContinuousLabels, CorpusCard, CorpusMetadata, Dimensions
 from avx.corpora.cremad import load_cremad
 
 DIMENSIONS = ("valence", "arousal")
 CONTINUOUS_RATE = 10.0
-INFO = CorpusInfo(
-    modalities="audio, video (synthetic)",
-    labels="CREMA-D votes + per-clip and per-frame valence/arousal",
-    layout="CREMA-D layout + avx_demo/dimensions.csv, avx_demo/continuous.csv",
-)
 
 
-@CORPORA.register_corpus("avx-demo", INFO)
 def load_demo(root: Path) -> CorpusMetadata:
     meta = load_cremad(root)
     ids = meta.samples["id"].astype(str).tolist()
@@ -56,3 +50,14 @@ def load_demo(root: Path) -> CorpusMetadata:
         dimensions=Dimensions(list(DIMENSIONS), dims[list(DIMENSIONS)].to_numpy(np.float32), -1.0, 1.0),
         continuous=ContinuousLabels(list(DIMENSIONS), CONTINUOUS_RATE, values, times),
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "avx-demo",
+        load_demo,
+        modalities="audio, video (synthetic)",
+        labels="CREMA-D votes + per-clip and per-frame valence/arousal",
+        layout="CREMA-D layout + avx_demo/dimensions.csv, avx_demo/continuous.csv",
+    )
+)

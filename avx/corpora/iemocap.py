@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from avx.corpora._io import check_range, fail, media_index, require_dir
-from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata, Dimensions
+from avx.corpora.base import CORPORA, CorpusCard, CorpusMetadata, Dimensions
 from avx.corpora.protocols import leave_one_session_out, speaker_trials
 
 CLASS_NAMES = [
@@ -66,12 +66,6 @@ CATEGORICAL = re.compile(r"^C-(?P<who>[EFM]\d+):\t(?P<cats>[^\t]*)")
 UTTERANCE = re.compile(r"^(?P<session>Ses\d\d)[FM]_.+_(?P<gender>[FM])\d+$")
 TRANSCRIPT = re.compile(r"^(?P<utt>Ses\d\d[FM]_\S+) \[[^\]]*\]: ?(?P<text>.*)$")
 DIMENSIONS = ["valence", "arousal", "dominance"]
-INFO = CorpusInfo(
-    modalities="audio, video (dialogue-level), text",
-    labels="categorical votes (av raters), consensus label, valence/arousal/dominance 1-5",
-    layout="Session{1..5}/dialog/EmoEvaluation/*.txt, Session*/sentences/wav/*/*.wav, "
-    "Session*/dialog/avi/DivX/*.avi",
-)
 
 
 def _category(word: str, path: Path, line_no: int) -> int | None:
@@ -132,7 +126,6 @@ def _transcripts(root: Path) -> dict[str, str]:
     return texts
 
 
-@CORPORA.register_corpus("iemocap", INFO)
 def load_iemocap(root: Path) -> CorpusMetadata:
     root = require_dir(root)
     files = sorted(root.glob("Session[1-5]/dialog/EmoEvaluation/*.txt"))
@@ -192,3 +185,15 @@ def load_iemocap(root: Path) -> CorpusMetadata:
         default_protocol=next(iter(protocols)),
         attrs={"source": "IEMOCAP (USC SAIL)", "licence": "IEMOCAP release agreement"},
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "iemocap",
+        load_iemocap,
+        modalities="audio, video (dialogue-level), text",
+        labels="categorical votes (av raters), consensus label, valence/arousal/dominance 1-5",
+        layout="Session{1..5}/dialog/EmoEvaluation/*.txt, Session*/sentences/wav/*/*.wav, "
+        "Session*/dialog/avi/DivX/*.avi",
+    )
+)

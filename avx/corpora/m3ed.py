@@ -31,17 +31,12 @@ import pandas as pd
 
 from avx.corpora._features import flatten_splits, load_feature_pickle, pickle_streams, single_pickle
 from avx.corpora._io import fail, media_index, require_dir
-from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata
+from avx.corpora.base import CORPORA, CorpusCard, CorpusMetadata
 from avx.corpora.protocols import official, speaker_trials
 
 CLASS_NAMES = ["happy", "neutral", "sad", "disgust", "anger", "fear", "surprise"]
 ALIASES = {"happiness": "happy", "angry": "anger", "sadness": "sad", "surprised": "surprise"}
 SPLIT_FILES = {"train": "movie_list_train.txt", "dev": "movie_list_val.txt", "test": "movie_list_test.txt"}
-INFO = CorpusInfo(
-    modalities="audio, text; released features (text 768, visual 1024, audio 342)",
-    labels="multi-label over 7 emotions, main emotion",
-    layout="annotation.json, splitInfo/movie_list_*.txt, audio/*.wav, optional *.pkl features",
-)
 
 
 def _emotion(name: str, where: Path, utt: str) -> int:
@@ -139,7 +134,6 @@ def _from_annotation(root: Path, path: Path) -> tuple[pd.DataFrame, np.ndarray, 
     return df, np.stack(multi), np.asarray(main, dtype=np.int16)
 
 
-@CORPORA.register_corpus("m3ed", INFO)
 def load_m3ed(root: Path) -> CorpusMetadata:
     root = require_dir(root)
     pickle = single_pickle(root)
@@ -181,3 +175,14 @@ def load_m3ed(root: Path) -> CorpusMetadata:
         features=features,
         attrs={"source": "M3ED (AIM3-RUC/RUCM3ED)", "licence": "M3ED research licence"},
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "m3ed",
+        load_m3ed,
+        modalities="audio, text; released features (text 768, visual 1024, audio 342)",
+        labels="multi-label over 7 emotions, main emotion",
+        layout="annotation.json, splitInfo/movie_list_*.txt, audio/*.wav, optional *.pkl features",
+    )
+)

@@ -31,17 +31,11 @@ import numpy as np
 import pandas as pd
 
 from avx.corpora._io import check_unique, fail, sha256_file
-from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata, Dimensions
+from avx.corpora.base import CORPORA, CorpusCard, CorpusMetadata, Dimensions
 from avx.corpora.protocols import official, speaker_trials
 
 RESERVED = ("id", "speaker", "audio_path", "video_path", "transcript", "duration", "split", "label", "labels")
 DIM = re.compile(r"^dim:(?P<name>[\w-]+)(?:\[(?P<low>[-\d.]+),(?P<high>[-\d.]+)\])?$")
-INFO = CorpusInfo(
-    modalities="audio, video, text (as listed)",
-    labels="categorical, multi-label and/or dimensional columns; free attributes",
-    layout="manifest.csv|parquet: id, speaker, audio_path, video_path"
-    "[, transcript, split, label, labels, dim:*]",
-)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -62,7 +56,6 @@ def _manifest_path(root: Path) -> Path:
     raise fail(root, "no manifest (pass the CSV/Parquet file, or a directory with manifest.csv|parquet)")
 
 
-@CORPORA.register_corpus("manifest", INFO)
 def load_manifest(root: Path) -> CorpusMetadata:
     path = _manifest_path(Path(root))
     base = path.parent
@@ -158,3 +151,15 @@ def load_manifest(root: Path) -> CorpusMetadata:
         default_protocol=next(iter(protocols), None),
         attrs={"source": f"manifest {path.name}", "manifest_sha256": sha256_file(path)},
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "manifest",
+        load_manifest,
+        modalities="audio, video, text (as listed)",
+        labels="categorical, multi-label and/or dimensional columns; free attributes",
+        layout="manifest.csv|parquet: id, speaker, audio_path, video_path"
+        "[, transcript, split, label, labels, dim:*]",
+    )
+)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from avx.corpora._io import check_range, fail, require_dir
-from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata, Dimensions
+from avx.corpora.base import CORPORA, CorpusCard, CorpusMetadata, Dimensions
 from avx.corpora.protocols import leave_one_session_out, speaker_trials
 
 CLASS_NAMES = ["anger", "happy", "sad", "neutral", "other"]
@@ -45,11 +45,6 @@ NAME = re.compile(
 )
 ATTRS = re.compile(r"\b([AVDN]):\s*([-\d.]+)")
 DIMENSIONS = ["arousal", "valence", "dominance", "naturalness"]
-INFO = CorpusInfo(
-    modalities="audio, video",
-    labels="categorical votes (av raters), consensus, arousal/valence/dominance/naturalness 1-5, scenario",
-    layout="Evaluation.txt, Audio/**/MSP-IMPROV-*.wav, Video/**/*.avi",
-)
 
 
 def canonical(m: re.Match[str]) -> str:
@@ -101,7 +96,6 @@ def _media(root: Path, pattern: str) -> dict[str, str]:
     return found
 
 
-@CORPORA.register_corpus("msp-improv", INFO)
 def load_msp_improv(root: Path) -> CorpusMetadata:
     root = require_dir(root)
     path = root / "Evaluation.txt"
@@ -162,3 +156,16 @@ def load_msp_improv(root: Path) -> CorpusMetadata:
         default_protocol=trials.name,
         attrs={"source": "MSP-IMPROV (UT Dallas MSP lab)", "licence": "MSP-IMPROV academic licence"},
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "msp-improv",
+        load_msp_improv,
+        modalities="audio, video",
+        labels=(
+            "categorical votes (av raters), consensus, arousal/valence/dominance/naturalness 1-5, scenario"
+        ),
+        layout="Evaluation.txt, Audio/**/MSP-IMPROV-*.wav, Video/**/*.avi",
+    )
+)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from avx.corpora._io import fail, require_dir
-from avx.corpora.base import CORPORA, CorpusInfo, CorpusMetadata
+from avx.corpora.base import CORPORA, CorpusCard, CorpusMetadata
 from avx.corpora.protocols import speaker_folds, speaker_trials
 
 CLASS_NAMES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -38,11 +38,6 @@ INTENSITIES = {"01": "normal", "02": "strong"}
 STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 SONG_EMOTIONS = {"01", "02", "03", "04", "05", "06"}
 NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
-INFO = CorpusInfo(
-    modalities="audio, video",
-    labels="intended emotion (8) and intensity",
-    layout="**/Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4|wav",
-)
 
 
 def parse_name(path: Path) -> dict[str, object]:
@@ -82,7 +77,6 @@ def parse_name(path: Path) -> dict[str, object]:
     }
 
 
-@CORPORA.register_corpus("ravdess", INFO)
 def load_ravdess(root: Path) -> CorpusMetadata:
     root = require_dir(root)
     files = sorted(p for p in root.glob("**/Actor_*/*") if p.suffix.lower() in (".mp4", ".wav"))
@@ -138,3 +132,14 @@ def load_ravdess(root: Path) -> CorpusMetadata:
         default_protocol=next(iter(protocols)),
         attrs={"source": "RAVDESS (Zenodo 1188976)", "licence": "CC BY-NC-SA 4.0"},
     )
+
+
+CORPORA.register(
+    CorpusCard(
+        "ravdess",
+        load_ravdess,
+        modalities="audio, video",
+        labels="intended emotion (8) and intensity",
+        layout="**/Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4|wav",
+    )
+)

@@ -192,7 +192,13 @@ def _stream_spec(b: Backbone, dtype: str | None, extra: dict[str, Any]) -> Strea
         frame_rate=b.frame_rate,
         fields=dict(b.fields),
         layer_axis=b.layer_axis,
-        provenance={**prov, **extra, "dtype": dt, "created": run_info()},
+        provenance={
+            **prov,
+            **({"options": b.options} if b.options else {}),
+            **extra,
+            "dtype": dt,
+            "created": run_info(),
+        },
     )
 
 

@@ -50,6 +50,19 @@ def sinusoidal_positions(t: int, d: int, device: torch.device) -> torch.Tensor:
     return pe
 
 
+def key_padding(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(key_padding_mask, empty)`` for ``nn.MultiheadAttention`` from a real-frame mask.
+
+    A sequence with no real key (an absent modality) would make the softmax undefined
+    (NaN); it gets its first frame as a dummy key instead, and ``empty`` [B] marks those
+    sequences so a caller can zero their attention output. The one place this is done.
+    """
+    empty = ~mask.any(1)
+    safe = mask.clone()
+    safe[empty, 0] = True
+    return ~safe, empty
+
+
 class CrossModalBlock(nn.Module):
     """Pre-norm transformer block whose queries come from one modality and keys/values
     from another (MulT's crossmodal attention), with a residual connection and FFN."""
@@ -64,13 +77,10 @@ class CrossModalBlock(nn.Module):
     def forward(
         self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # A sample whose source is absent attends to nothing: give it one dummy key so
-        # the softmax is defined, and zero the attention output instead.
-        empty = ~kv_mask.any(1)
-        safe = kv_mask.clone()
-        safe[empty, 0] = True
+        # A sample whose source is absent attends to nothing: zero its attention output.
+        padding, empty = key_padding(kv_mask)
         kvn = self.norm_kv(kv)
-        a, w = self.attn(self.norm_q(q), kvn, kvn, key_padding_mask=~safe, need_weights=need_weights)
+        a, w = self.attn(self.norm_q(q), kvn, kvn, key_padding_mask=padding, need_weights=need_weights)
         a = a.masked_fill(empty[:, None, None], 0.0)
         x = q + self.dropout(a)
         return x + self.dropout(self.ff(self.norm_ff(x))), w
@@ -100,9 +110,8 @@ class SelfAttention(nn.Module):
         self.enc = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        safe = mask.clone()
-        safe[~mask.any(1), 0] = True
-        return self.enc(x, src_key_padding_mask=~safe) * mask.unsqueeze(-1).to(x.dtype)
+        padding, _ = key_padding(mask)
+        return self.enc(x, src_key_padding_mask=padding) * mask.unsqueeze(-1).to(x.dtype)
 
 
 class FrameProjection(nn.Module):

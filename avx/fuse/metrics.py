@@ -322,6 +322,14 @@ def _mse(y: np.ndarray, p: np.ndarray) -> float:
     return float(((y - p) ** 2).mean())
 
 
+def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    """Plain accuracy for class indices; for multi-hot rows the sample-wise Jaccard
+    accuracy, which is what multi-label emotion papers (LDDU, M3ED) call accuracy."""
+    if y.ndim == 2:
+        return float(jaccard_score(y, p, average="samples", zero_division=1))
+    return float(accuracy_score(y, p))
+
+
 def _ece(y: np.ndarray, probs: np.ndarray) -> float:
     return expected_calibration_error(y, probs)
 
@@ -353,7 +361,7 @@ SCORERS: dict[str, Scorer] = {
         Scorer(
             "weighted_f1", "wF1", True, _CLS, fn=_sk(f1_score, average="weighted", zero_division=0), table=_MC
         ),
-        Scorer("accuracy", "acc", True, _CLS, fn=_sk(accuracy_score), table=_MC),
+        Scorer("accuracy", "acc", True, _CLS, fn=_accuracy, table=_MC),
         Scorer("weighted_accuracy", "WA", True, _MC, fn=_sk(accuracy_score)),
         Scorer("unweighted_accuracy", "UA", True, _MC, fn=_sk(balanced_accuracy_score), table=_MC),
         Scorer(

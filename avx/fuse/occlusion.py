@@ -4,8 +4,8 @@ A fraction ``p`` of each clip's face crops (one run of consecutive frames at a r
 seeded start, as COLD masks faces in its Fig. 5) gets a lower-face patch — a flat
 light-blue rectangle from just below the nose to the chin, like a surgical mask — and
 the visual stream's backbone is re-run on those crops. The backbone is rebuilt from the
-stream's provenance (name, weights); before trusting it, the clean crops of the first
-clip are re-encoded and compared with the stored features, so an occlusion result
+stream's provenance (name, weights, options such as ``color``); before trusting it,
+the clean crops of the first clip are re-encoded and compared with the stored features, so an occlusion result
 never silently mixes two different feature extractors.
 
 Needs the ``faces`` stream, a visual backbone stream computed from it, and the run's
@@ -47,9 +47,7 @@ def _backbone(data: FusionData, stream: str, device: str) -> VisualBackbone:
     prov = data.streams[stream].provenance
     if prov.get("input_stream") != "faces":
         raise AvxError(f"--occlude: stream {stream} was not computed from face crops")
-    weights = prov.get("weights")
-    weights = "none" if weights in (None, "random-init") else weights
-    return create_backbone(stream.split("/", 1)[1], weights=weights, device=device, amp=False)
+    return create_backbone(prov, device=device, amp=False)
 
 
 def occluded_data(

@@ -1,9 +1,10 @@
 """Named training recipes: a paper's optimisation settings in one word.
 
 A preset fills in what the paper specifies (optimiser, batch size, schedule, loss
-weighting) so ``avx fuse train --preset cold-paper`` reproduces the protocol, while any
-option given explicitly still wins. Adding a recipe is one :func:`register` call here;
-methods keep their own architectural defaults in their config dataclass.
+weighting; and the features, for ``avx extract --preset``) so ``avx fuse train
+--preset cold-paper`` reproduces the protocol, while any option given explicitly still
+wins. Adding a recipe is one ``PRESETS.register(Preset(...))`` call here; methods keep
+their own architectural defaults in their config dataclass.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from avx.errors import AvxError, UnknownNameError
+from avx.errors import AvxError
+from avx.registry import Card, Registry
 
 
 @dataclass(frozen=True)
-class Preset:
-    """Defaults for :class:`~avx.fuse.train.TrainConfig` (``train``), its ``DataConfig``
-    (``data``) and the method's config (``method_config``), with their source.
+class Preset(Card):
+    """A registered recipe (its card): defaults for :class:`~avx.fuse.train.TrainConfig`
+    (``train``), its ``DataConfig`` (``data``) and the method's config
+    (``method_config``), with their source.
 
     ``method`` is the default method; ``methods`` lists the others the recipe fits
     (SFAV's recipe trains all its fusion variants). ``extract`` holds ``avx extract``
@@ -25,39 +28,58 @@ class Preset:
     paper used, applied by ``avx extract --preset``.
     """
 
-    name: str
-    method: str
-    source: str
+    method: str = ""
+    source: str = ""
     train: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     method_config: dict[str, Any] = field(default_factory=dict)
     methods: tuple[str, ...] = ()
     extract: dict[str, Any] = field(default_factory=dict)
 
+    columns = ("method", "settings", "features", "source")
 
-PRESETS: dict[str, Preset] = {}
+    @property
+    def settings(self) -> str:
+        also = f"; also {', '.join(self.methods)}" if self.methods else ""
+        return (
+            ", ".join(f"{k}={v}" for k, v in {**self.train, **self.data, **self.method_config}.items()) + also
+        )
+
+    @property
+    def features(self) -> str:
+        """The ``avx extract --preset`` equivalent, when the recipe names its features."""
+        return " ".join(
+            f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+            for k, v in self.extract.items()
+        )
 
 
-def register(preset: Preset) -> Preset:
-    if preset.name in PRESETS:
-        raise ValueError(f"preset '{preset.name}' registered twice")
-    PRESETS[preset.name] = preset
-    return preset
+PRESETS: Registry[Preset] = Registry("preset", "avx.fuse.presets")
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UnknownNameError("preset", name, sorted(PRESETS))
-    return PRESETS[name]
+    return PRESETS.get(name)
 
 
-def apply_preset(config: Any, name: str, explicit: set[str] = frozenset()) -> Any:
-    """``config`` (a ``TrainConfig``) with preset ``name`` filled in wherever the
-    field is not in ``explicit`` (the options the user gave). Method options given in
-    ``config.method_config`` override the preset's."""
+def apply_preset(config: Any, name: str, explicit: set[str] = frozenset(), *, phase: str = "train") -> Any:
+    """Fill in preset ``name`` wherever the user gave no option (``explicit``), for either phase.
+
+    ``phase="train"``: ``config`` is a ``TrainConfig``; the recipe's training, data and
+    method options are filled in (method options given in ``config.method_config``
+    override the preset's). ``phase="extract"``: ``config`` maps ``avx extract``
+    options to their values; the recipe's ``extract`` entries are filled in.
+    """
     p = get_preset(name)
+    if phase == "extract":
+        if not p.extract:
+            raise AvxError(f"preset {name} sets no extraction options")
+        if bad := set(p.extract) - set(config):
+            raise ValueError(f"preset {name}: unknown extraction option(s) {sorted(bad)}")
+        return {**config, **{k: v for k, v in p.extract.items() if k not in explicit}}
+    from avx.fuse.methods import METHODS
+
     fits = (p.method, *p.methods)
-    if "method" in explicit and config.method not in fits:
+    if "method" in explicit and METHODS.get(config.method).name not in fits:
         raise AvxError(f"preset {name} is for method(s) {', '.join(fits)}, not {config.method}")
     valid = {f.name for f in fields(config)}
     if bad := set(p.train) - valid:
@@ -73,9 +95,9 @@ def apply_preset(config: Any, name: str, explicit: set[str] = frozenset()) -> An
     )
 
 
-register(
+PRESETS.register(
     Preset(
-        name="cold-paper",
+        "cold-paper",
         method="cold",
         source=(
             "COLD (000) Sec. 5.4: Adam, batch 4, lr 5e-3, weight decay 1e-4, cosine annealing with "
@@ -98,11 +120,20 @@ register(
 )
 
 
-register(
+PRESETS.register(
     Preset(
-        name="sfav-ravdess",
-        method="sfav-ia1",
-        methods=tuple(f"sfav-{v}" for v in ("lt1", "lt4", "it1", "it4", "ia4", "tav", "tva", "mult")),
+        "sfav-ravdess",
+        method="sfav.ia1",
+        methods=(
+            "sfav.lt1",
+            "sfav.lt4",
+            "sfav.it1",
+            "sfav.it4",
+            "sfav.ia4",
+            "sfav.tav",
+            "sfav.tva",
+            "sfav.mult",
+        ),
         source=(
             "SFAV (001) Sec. IV-1, RAVDESS: 15 face frames uniformly over 3.6 s, 224x224 MTCNN crops, "
             "EfficientFace features; audio cropped/padded to 3.6 s, 10 MFCCs at 22,050 Hz (156 frames at "

@@ -12,7 +12,8 @@ Settings (each scored with the run's own metrics, on ``split``):
 - ``occlude P`` — P of the face crops get a lower-face patch and the visual backbone
   is re-run on them (:mod:`avx.fuse.occlusion`).
 
-``sfav`` selects SFAV's table layout (``av``, ``a``, ``v``, ``mean``): AV (both
+``modality_table`` selects the modality table layout (``av``, ``a``, ``v``, ``mean``;
+SFAV's Table II and the missing-modality tables of VAVL and others): AV (both
 modalities), A (audio only: the video absent), V (video only) and M, the mean of the
 three. With ``absent="noise"`` the other modality of A and V is replaced by N(0, 1)
 instead (the paper's table for noise-trained models). Every perturbation is seeded,
@@ -61,7 +62,7 @@ class Setting:
     occlude: float | None = None
 
 
-SFAV_SETTINGS = ("av", "a", "v", "mean")
+MODALITY_TABLE = ("av", "a", "v", "mean")
 
 
 def streams_of(what: str, streams: list[str]) -> tuple[str, ...]:
@@ -80,7 +81,7 @@ def build_settings(
     snr: float | None = None,
     mask_frames: list[float] = (),
     occlude: list[float] = (),
-    sfav: tuple[str, ...] = (),
+    modality_table: tuple[str, ...] = (),
     absent: str = "missing",
     seed: int = 0,
     missing_as: str | None = None,
@@ -91,14 +92,14 @@ def build_settings(
     policy = missing_as or run.model.missing
     if policy not in ("mask", "zeros"):
         raise AvxError(f"--missing-as takes mask or zeros, not '{policy}'")
-    if bad := set(sfav) - set(SFAV_SETTINGS):
-        raise AvxError(f"--settings takes {','.join(SFAV_SETTINGS)}; got {sorted(bad)}")
+    if bad := set(modality_table) - set(MODALITY_TABLE):
+        raise AvxError(f"--settings takes {','.join(MODALITY_TABLE)}; got {sorted(bad)}")
     if absent not in ("missing", "noise"):
         raise AvxError(f"--absent takes missing or noise, not '{absent}'")
-    if absent != "missing" and not sfav:
-        raise AvxError("--absent applies to SFAV's A and V rows: give --settings av,a,v,mean too")
+    if absent != "missing" and not modality_table:
+        raise AvxError("--absent applies to the A and V rows: give --settings av,a,v,mean too")
     out = [Setting("clean")]
-    wanted = set(sfav) | ({"a", "v"} if "mean" in sfav else set())
+    wanted = set(modality_table) | ({"a", "v"} if "mean" in modality_table else set())
     for key, other in (("a", "video"), ("v", "audio")):
         if key in wanted:
             hit = streams_of(other, streams)
@@ -136,7 +137,7 @@ def evaluate_run(
     *,
     store: str | None = None,
     split: str = "test",
-    sfav: tuple[str, ...] = (),
+    modality_table: tuple[str, ...] = (),
     device: str = "cpu",
     batch_size: int = 64,
     seed: int = 0,
@@ -146,7 +147,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score run ``path`` under every setting; writes ``RUN/eval.json|csv|md``."""
     run = load_run(path, device)
-    settings = settings or build_settings(run, sfav=sfav, seed=seed, **kw)
+    settings = settings or build_settings(run, modality_table=modality_table, seed=seed, **kw)
     data = run.data(store)
     if not len(data.indices(split)):
         raise AvxError(f"{path}: split '{split}' has no samples")
@@ -184,8 +185,8 @@ def evaluate_run(
     }
     cols = list(M.table_metrics(data.task))
     rows = [{"setting": n, **{c: r.get(c, np.nan) for c in cols}} for n, r in results.items()]
-    if sfav:
-        rows = sfav_rows(rows, sfav, cols)
+    if modality_table:
+        rows = modality_rows(rows, modality_table, cols)
     table = pd.DataFrame(rows)
     out["table"] = table.to_dict(orient="records")
     p = Path(path)
@@ -238,9 +239,9 @@ def evaluate_trials(path: str | Path, **kw: Any) -> dict[str, Any]:
     return out
 
 
-def sfav_rows(rows: list[dict[str, Any]], keys: tuple[str, ...], cols: list[str]) -> list[dict[str, Any]]:
-    """SFAV's layout first: AV (the clean setting), A, V (those computed) and, with
-    ``mean``, M = the mean of the three; any other settings follow."""
+def modality_rows(rows: list[dict[str, Any]], keys: tuple[str, ...], cols: list[str]) -> list[dict[str, Any]]:
+    """The modality table first: AV (the clean setting), A, V (those computed) and, with
+    ``mean``, M = the mean of the three (SFAV's Table II); any other settings follow."""
     clean = next(r for r in rows if r["setting"] == "clean")
     singles = [r for r in rows if r["setting"].startswith(("A (", "V ("))]
     out = [{**clean, "setting": "AV"}, *singles]

@@ -148,7 +148,7 @@ class FusionRun:
             raise AvxError(f"{path / 'model.json'}: unreadable ({e})") from None
         if b.get("format") != FORMAT:
             raise AvxError(f"{path / 'model.json'}: format {b.get('format')}, this avx reads {FORMAT}")
-        method_cls = METHODS.get(b["method"])
+        method_cls = METHODS.get(b["method"]).cls
         method_config = from_dict(method_cls.config_class, b["method_config"])
         inputs = {s: from_dict(StreamInfo, i) for s, i in b["inputs"].items()}
         model = create_method(b["method"], inputs, from_dict(TaskSpec, b["task"]), config=method_config)
@@ -175,11 +175,10 @@ class FusionRun:
     def data(self, store: str | None = None, *, keep_unlabelled: bool = False) -> FusionData:
         """The run's data selection on its own store (or ``store``), with the saved
         training normalisation (never refitted on the data being evaluated)."""
-        cls = METHODS.get(self.config.method)
         data = FusionData(
             open_store(store or self.config.store),
             self.config.data,
-            align=cls.needs_alignment,
+            align=METHODS.get(self.config.method).needs_alignment,
             keep_unlabelled=keep_unlabelled,
         )
         for s, info in data.info.items():
@@ -215,7 +214,7 @@ def convert_run(path: str | Path) -> list[str]:
         b = torch.load(path / LEGACY_MODEL, map_location="cpu", weights_only=False)
         config, extras = _legacy_config(path)
         inputs = {s: StreamInfo(**i) for s, i in b["inputs"].items()}
-        method_cls = METHODS.get(b["method"])
+        method_cls = METHODS.get(b["method"]).cls
         method_config = from_dict(
             method_cls.config_class, to_dict(method_cls.config_class(**b["method_config"]))
         )

@@ -1,44 +1,66 @@
 """Backbone registry: one file per backbone in this package, registered by name.
 
-Names may carry a preset tag after a dot, the way timm names variants
-(``mfcc.sfav`` is the ``mfcc`` factory with its ``sfav`` preset); checkpoints the
-papers used have their own names (``wavlm-large`` is ``wavlm`` with
-``microsoft/wavlm-large`` as default weights). Each factory carries an ``info`` line
-(modality, frame shape, rate, expected weights) for ``avx extract --list``.
+Each name has a :class:`BackboneCard` registered in its module, written out in full.
+Names may carry a preset tag after a dot, the way timm names variants (``mfcc.sfav``
+is the ``mfcc`` factory with its ``sfav`` preset). Checkpoints the papers used keep
+their own names (``wavlm-large`` is ``wavlm`` with ``microsoft/wavlm-large`` as
+default weights), because a backbone's name is its stream's name in existing stores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from avx.errors import AvxError, UnknownNameError
+from avx.errors import AvxError
 from avx.extract.backbones.base import AudioBackbone, Backbone, Runtime, TextBackbone, VisualBackbone
-from avx.registry import Registry
+from avx.registry import Card, Registry
 
 BackboneFactory = Callable[..., Backbone]
-BACKBONES: Registry[BackboneFactory] = Registry("backbone", "avx.extract.backbones")
 
 
 @dataclass(frozen=True)
-class BackboneInfo:
-    """What ``avx extract --list`` prints for one name."""
+class BackboneCard(Card):
+    """One backbone name (``arch`` or ``arch.tag``): how to build it and what it writes.
 
-    name: str
-    modality: str
-    shape: str
-    rate: str
-    weights: str
+    Attributes:
+        factory: ``factory(tag=, weights=, runtime=, **options)`` builds the backbone.
+        tag: the preset this name selects (``mfcc.sfav`` is ``mfcc``'s ``sfav``).
+        cls: the backbone class; the modality and, unless ``weights`` is given, the
+            expected weights are read from it (``cls.modality``, ``cls.expects``).
+        shape / rate: what it writes per frame and how often (the registry test checks
+            the shape against the features the backbone really produces).
+        weights: the weights it expects (``avx list backbones``).
+        licence: of the code or weights it runs.
+    """
+
+    factory: BackboneFactory | None = None
+    tag: str = ""
+    cls: type[Backbone] | None = None
+    shape: str = "?"
+    rate: str = "?"
+    weights: str = ""
+    licence: str = ""
+
+    columns = ("modality", "shape", "rate", "weights", "paper")
+
+    def __post_init__(self) -> None:
+        if self.factory is None or self.cls is None:
+            raise TypeError(f"backbone card {self.name}: factory and cls are required")
+        if not self.weights:
+            object.__setattr__(self, "weights", self.cls.expects)
+
+    @property
+    def modality(self) -> str:
+        return self.cls.modality if self.cls is not None else "?"
 
 
-def _presets(arch: str) -> dict[str, object]:
-    """A factory's preset tags (``""`` is the plain architecture); one place reads them."""
-    return getattr(BACKBONES.get(arch), "presets", {"": None})
+BACKBONES: Registry[BackboneCard] = Registry("backbone", "avx.extract.backbones")
 
 
 def create_backbone(
-    name: str,
+    name: str | Mapping[str, Any],
     *,
     weights: str | None = None,
     device: str = "cpu",
@@ -53,13 +75,26 @@ def create_backbone(
     ``options`` are the backbone's own settings (``layers``, ``hop``, ``color`` ...); an
     unknown option is an error naming the backbone. ``trust_pickle`` allows checkpoints
     that pickle Python objects (refused by default: unpickling runs code from the file).
+
+    ``name`` may instead be a stream's provenance (``store.stream(s).provenance``): the
+    backbone that wrote the stream is rebuilt with the same name, weights and options
+    (preprocessing presets included), the way occlusion and re-extraction need it.
     """
-    arch, _, tag = name.partition(".")
-    if arch not in BACKBONES or tag not in _presets(arch):
-        raise UnknownNameError("backbone", name, list_backbones())
+    if isinstance(name, Mapping):
+        prov = name
+        name = str(prov.get("backbone"))
+        if weights is None:
+            recorded = prov.get("weights")
+            weights = "none" if recorded in (None, "random-init") else str(recorded)
+        if options is None:
+            options = dict(prov.get("options") or {})
+    card = BACKBONES.get(name)
+    assert card.factory is not None
     runtime = runtime or Runtime.create(device, batch_size, amp, trust_pickle)
     try:
-        return BACKBONES.get(arch)(tag=tag, weights=weights, runtime=runtime, **(options or {}))
+        backbone = card.factory(tag=card.tag, weights=weights, runtime=runtime, **(options or {}))
+        backbone.options = dict(options or {})
+        return backbone
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
             raise AvxError(
@@ -70,41 +105,17 @@ def create_backbone(
 
 def list_backbones() -> list[str]:
     """Every backbone name, presets included."""
-    names = []
-    for arch in BACKBONES.names():
-        names += [f"{arch}.{t}" if t else arch for t in _presets(arch)]
-    return names
-
-
-def backbone_info() -> list[BackboneInfo]:
-    """One :class:`BackboneInfo` per name (static: nothing is loaded)."""
-    out = []
-    for arch in BACKBONES.names():
-        info = getattr(BACKBONES.get(arch), "info", {})
-        for t in _presets(arch):
-            name = f"{arch}.{t}" if t else arch
-            d = {**info.get("", {}), **info.get(t, {})}  # a preset overrides the plain entry
-            out.append(
-                BackboneInfo(
-                    name,
-                    d.get("modality", "?"),
-                    d.get("shape", "?"),
-                    d.get("rate", "?"),
-                    d.get("weights", ""),
-                )
-            )
-    return out
+    return BACKBONES.names()
 
 
 __all__ = [
     "BACKBONES",
     "AudioBackbone",
     "Backbone",
-    "BackboneInfo",
+    "BackboneCard",
     "Runtime",
     "TextBackbone",
     "VisualBackbone",
-    "backbone_info",
     "create_backbone",
     "list_backbones",
 ]

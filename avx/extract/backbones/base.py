@@ -46,6 +46,9 @@ class Backbone(ABC):
     """Extra per-frame outputs, name -> ``{"shape": [...], "dtype": str}``."""
     expects: ClassVar[str] = ""
     """One line for ``avx extract --list``: the weights this backbone expects."""
+    options: dict[str, Any] = {}  # noqa: RUF012 (replaced per instance by create_backbone)
+    """The ``--opt`` settings it was created with; recorded in provenance (when any) so
+    ``create_backbone(provenance)`` rebuilds exactly this extractor."""
 
     @property
     def stream_name(self) -> str:

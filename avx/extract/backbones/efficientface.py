@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from avx.errors import AvxError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import ImagePreprocess, Runtime, VisualBackbone, seeded
 from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha256_file
 
@@ -215,15 +215,33 @@ class EfficientFace(VisualBackbone):
         return self.model(x)
 
 
-@BACKBONES.register("efficientface")
 def create(
     tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
 ) -> EfficientFace:
     return EfficientFace(tag, weights, runtime or Runtime.create(), **opts)
 
 
-create.presets = PRESETS  # type: ignore[attr-defined]
-create.info = {  # type: ignore[attr-defined]
-    "": {"modality": "video", "shape": "[T, 1024]", "rate": "face frames", "weights": EfficientFace.expects},
-    "sfav": {"weights": EfficientFace.expects + "; SFAV's BGR/255 input"},
-}
+BACKBONES.register(
+    BackboneCard(
+        "efficientface",
+        create,
+        cls=EfficientFace,
+        shape="[T, 1024]",
+        rate="face frames",
+        paper="EfficientFace (Zhao et al., AAAI 2021); SFAV's visual front end",
+        licence="MIT (official code)",
+    )
+)
+BACKBONES.register(
+    BackboneCard(
+        "efficientface.sfav",
+        create,
+        tag="sfav",
+        cls=EfficientFace,
+        shape="[T, 1024]",
+        rate="face frames",
+        weights=EfficientFace.expects + "; SFAV's BGR/255 input",
+        paper="SFAV (001) preprocessing",
+        licence="MIT (official code)",
+    )
+)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from avx.errors import AvxError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import ImagePreprocess, Runtime, VisualBackbone, seeded
 from avx.extract.weights import (
     hub_snapshot,
@@ -92,13 +92,20 @@ class EfficientNetB2(VisualBackbone):
         return self.model(x).flatten(1)
 
 
-@BACKBONES.register("efficientnet-b2")
 def create(
     tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
 ) -> EfficientNetB2:
     return EfficientNetB2(weights, runtime or Runtime.create(), **opts)
 
 
-create.info = {  # type: ignore[attr-defined]
-    "": {"modality": "video", "shape": "[T, 1408]", "rate": "face frames", "weights": EfficientNetB2.expects}
-}
+BACKBONES.register(
+    BackboneCard(
+        "efficientnet-b2",
+        create,
+        cls=EfficientNetB2,
+        shape="[T, 1408]",
+        rate="face frames",
+        paper="HSEmotion enet_b2_8 (Savchenko); VAVL's visual front end",
+        licence="Apache-2.0 (HSEmotion)",
+    )
+)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from avx.errors import AvxError, MediaError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import AudioBackbone, Runtime
 
 SAMPLE_RATE = 16_000
@@ -85,7 +85,6 @@ class OpenSmile(AudioBackbone):
         return feats, start + float(np.median(end - start)) / 2  # the last window may be cut short
 
 
-@BACKBONES.register("egemaps")
 def create(
     tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
 ) -> OpenSmile:
@@ -94,10 +93,27 @@ def create(
     return OpenSmile(tag)
 
 
-create.presets = PRESETS  # type: ignore[attr-defined]
-create.info = {  # type: ignore[attr-defined]
-    "": {"modality": "audio", "shape": "[T, 25]", "rate": "100 Hz", "weights": OpenSmile.expects},
-    "functionals": {"shape": "[1, 88]", "rate": "one per clip"},
-    "compare": {"shape": "[T, 65]"},
-    "compare-functionals": {"shape": "[1, 6373]", "rate": "one per clip"},
+_OPENSMILE = {
+    "cls": OpenSmile,
+    "paper": "openSMILE eGeMAPS v02 / ComParE 2016",
+    "licence": "openSMILE: research only",
 }
+BACKBONES.register(BackboneCard("egemaps", create, shape="[T, 25]", rate="100 Hz", **_OPENSMILE))
+BACKBONES.register(
+    BackboneCard(
+        "egemaps.functionals", create, tag="functionals", shape="[1, 88]", rate="one per clip", **_OPENSMILE
+    )
+)
+BACKBONES.register(
+    BackboneCard("egemaps.compare", create, tag="compare", shape="[T, 65]", rate="100 Hz", **_OPENSMILE)
+)
+BACKBONES.register(
+    BackboneCard(
+        "egemaps.compare-functionals",
+        create,
+        tag="compare-functionals",
+        shape="[1, 6373]",
+        rate="one per clip",
+        **_OPENSMILE,
+    )
+)

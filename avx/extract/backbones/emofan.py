@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avx.errors import AvxError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import ImagePreprocess, Runtime, VisualBackbone, seeded
 from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha256_file
 
@@ -177,16 +177,18 @@ class EmoFAN(VisualBackbone):
         return self.model(x)
 
 
-@BACKBONES.register("emofan")
 def create(tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any) -> EmoFAN:
     return EmoFAN(weights, runtime or Runtime.create(), **opts)
 
 
-create.info = {  # type: ignore[attr-defined]
-    "": {
-        "modality": "video",
-        "shape": "[T, 256] + expression [T, 8], valence, arousal",
-        "rate": "face frames (256×256 input)",
-        "weights": EmoFAN.expects,
-    }
-}
+BACKBONES.register(
+    BackboneCard(
+        "emofan",
+        create,
+        cls=EmoFAN,
+        shape="[T, 256] + expression [T, 8], valence, arousal",
+        rate="face frames (256×256 input)",
+        paper="EmoNet (Toisoul et al., 2021); COLD's visual front end",
+        licence="CC BY-NC-ND 4.0 (EmoNet weights)",
+    )
+)

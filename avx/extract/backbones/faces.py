@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from avx.errors import AvxError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import Backbone, Runtime
 
 
@@ -29,7 +29,6 @@ class FacesOnly(Backbone):
         return {"backbone": "faces"}
 
 
-@BACKBONES.register("faces")
 def create(
     tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
 ) -> FacesOnly:
@@ -40,11 +39,14 @@ def create(
     return FacesOnly()
 
 
-create.info = {  # type: ignore[attr-defined]
-    "": {
-        "modality": "video",
-        "shape": "faces [T, S, S, 3] uint8",
-        "rate": "sampled frames",
-        "weights": FacesOnly.expects,
-    }
-}
+BACKBONES.register(
+    BackboneCard(
+        "faces",
+        create,
+        cls=FacesOnly,
+        shape="faces [T, S, S, 3] uint8",
+        rate="sampled frames",
+        paper="MTCNN (facenet-pytorch)",
+        licence="MIT (facenet-pytorch)",
+    )
+)

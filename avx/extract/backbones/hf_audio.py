@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from avx.errors import AvxError, MediaError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import AudioBackbone, Runtime, seeded
 from avx.extract.weights import resolve_weights, sha256_folder
 
@@ -44,19 +44,6 @@ SAMPLE_RATE = 16_000
 STRIDE, FIELD = 320, 400  # total CNN stride and receptive field in samples (all three families)
 
 ARCHS = {"wav2vec2": "wav2vec2", "wavlm": "wavlm", "hubert": "hubert"}
-DEFAULT_WEIGHTS = {
-    "wav2vec2": "facebook/wav2vec2-base",
-    "wavlm": "microsoft/wavlm-base-plus",
-    "hubert": "facebook/hubert-base-ls960",
-}
-PRESETS = {
-    # registry name: (architecture, default weights)
-    "wavlm-large": ("wavlm", "microsoft/wavlm-large"),
-    "wavlm-base-plus": ("wavlm", "microsoft/wavlm-base-plus"),
-    "wav2vec2-large-robust": ("wav2vec2", "facebook/wav2vec2-large-robust"),
-    "wav2vec2-base": ("wav2vec2", "facebook/wav2vec2-base"),
-    "hubert-large": ("hubert", "facebook/hubert-large-ll60k"),
-}
 
 
 @dataclass(frozen=True)
@@ -217,19 +204,40 @@ def _factory(arch: str, default: str, registry_name: str) -> Any:
         return SpeechSSL(registry_name, arch, weights, runtime or Runtime.create(), default=default, **opts)
 
     create.__doc__ = f"{registry_name}: {arch} hidden states (default weights {default})."
-    shape = "[T, 25, 1024]" if "large" in registry_name else "[T, L+1, D] (base: 13 × 768)"
-    create.info = {  # type: ignore[attr-defined]
-        "": {
-            "modality": "audio",
-            "shape": shape,
-            "rate": "50 Hz",
-            "weights": f"HF id or folder (default {default})",
-        }
-    }
     return create
 
 
-for _arch, _default in DEFAULT_WEIGHTS.items():
-    BACKBONES.register(_arch)(_factory(_arch, _default, _arch))
-for _name, (_arch, _default) in PRESETS.items():
-    BACKBONES.register(_name)(_factory(_arch, _default, _name))
+def _card(name: str, arch: str, default: str, shape: str, paper: str) -> BackboneCard:
+    """A speech SSL entry: ``arch``'s hidden states with ``default`` weights (HF id)."""
+    return BackboneCard(
+        name,
+        _factory(arch, default, name),
+        cls=SpeechSSL,
+        shape=shape,
+        rate="50 Hz",
+        weights=f"HF id or folder (default {default})",
+        paper=paper,
+        licence="MIT (wav2vec2, HuBERT); WavLM: MIT code, check the checkpoint",
+    )
+
+
+_BASE = "[T, L+1, D] (base: 13 × 768)"
+_LARGE = "[T, 25, 1024]"
+BACKBONES.register(_card("wav2vec2", "wav2vec2", "facebook/wav2vec2-base", _BASE, "wav2vec 2.0"))
+BACKBONES.register(_card("wavlm", "wavlm", "microsoft/wavlm-base-plus", _BASE, "WavLM"))
+BACKBONES.register(_card("hubert", "hubert", "facebook/hubert-base-ls960", _BASE, "HuBERT"))
+BACKBONES.register(
+    _card("wavlm-large", "wavlm", "microsoft/wavlm-large", _LARGE, "WavLM Large; the two-stage paper")
+)
+BACKBONES.register(_card("wavlm-base-plus", "wavlm", "microsoft/wavlm-base-plus", _BASE, "WavLM Base+"))
+BACKBONES.register(
+    _card(
+        "wav2vec2-large-robust",
+        "wav2vec2",
+        "facebook/wav2vec2-large-robust",
+        _LARGE,
+        "wav2vec 2.0 Large (LV-60 + robust); VAVL",
+    )
+)
+BACKBONES.register(_card("wav2vec2-base", "wav2vec2", "facebook/wav2vec2-base", _BASE, "wav2vec 2.0 Base"))
+BACKBONES.register(_card("hubert-large", "hubert", "facebook/hubert-large-ll60k", _LARGE, "HuBERT Large"))

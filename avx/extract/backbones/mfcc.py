@@ -16,7 +16,7 @@ import librosa
 import numpy as np
 
 from avx.errors import AvxError, MediaError
-from avx.extract.backbones import BACKBONES, AudioBackbone
+from avx.extract.backbones import BACKBONES, AudioBackbone, BackboneCard
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,6 @@ class MFCC(AudioBackbone):
         return feats, times
 
 
-@BACKBONES.register("mfcc")
 def create(tag: str = "", weights: str | None = None, runtime: object = None, **opts: Any) -> MFCC:
     base = asdict(PRESETS[tag])
     if unknown := set(opts) - set(base):
@@ -98,13 +97,28 @@ def create(tag: str = "", weights: str | None = None, runtime: object = None, **
     return MFCC(config, name=f"mfcc.{tag}" if tag else "mfcc")
 
 
-create.presets = PRESETS  # type: ignore[attr-defined]
-create.info = {  # type: ignore[attr-defined]
-    "": {
-        "modality": "audio",
-        "shape": "[T, 40]",
-        "rate": "100 Hz",
-        "weights": "none (hand-crafted, librosa)",
-    },
-    "sfav": {"shape": "[T, 10]", "rate": "43.07 Hz (22,050 / 512)"},
-}
+BACKBONES.register(
+    BackboneCard(
+        "mfcc",
+        create,
+        cls=MFCC,
+        shape="[T, 40]",
+        rate="100 Hz",
+        weights="none (hand-crafted, librosa)",
+        paper="librosa MFCC",
+        licence="ISC (librosa)",
+    )
+)
+BACKBONES.register(
+    BackboneCard(
+        "mfcc.sfav",
+        create,
+        tag="sfav",
+        cls=MFCC,
+        shape="[T, 10]",
+        rate="43.07 Hz (22,050 / 512)",
+        weights="none (hand-crafted, librosa)",
+        paper="SFAV (001): 10 MFCCs at 22,050 Hz, hop 512",
+        licence="ISC (librosa)",
+    )
+)

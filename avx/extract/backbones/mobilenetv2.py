@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from avx.errors import AvxError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import ImagePreprocess, Runtime, VisualBackbone, seeded
 from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha256_file
 
@@ -64,13 +64,20 @@ class MobileNetV2(VisualBackbone):
         return self.model(x).mean(dim=(2, 3))
 
 
-@BACKBONES.register("mobilenetv2")
 def create(
     tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
 ) -> MobileNetV2:
     return MobileNetV2(weights, runtime or Runtime.create(), **opts)
 
 
-create.info = {  # type: ignore[attr-defined]
-    "": {"modality": "video", "shape": "[T, 1280]", "rate": "face frames", "weights": MobileNetV2.expects}
-}
+BACKBONES.register(
+    BackboneCard(
+        "mobilenetv2",
+        create,
+        cls=MobileNetV2,
+        shape="[T, 1280]",
+        rate="face frames",
+        paper="MobileNetV2 (torchvision); the two-stage paper's visual front end",
+        licence="BSD-3 (torchvision)",
+    )
+)

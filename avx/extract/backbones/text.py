@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from avx.errors import AvxError, MediaError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import Runtime, TextBackbone
 from avx.extract.weights import resolve_weights, sha256_file, sha256_folder
 
@@ -97,15 +97,23 @@ class TransformerText(TextBackbone):
         return feats, np.full(len(feats), np.nan)
 
 
-@BACKBONES.register("text")
 def create(
     tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
 ) -> TransformerText:
     return TransformerText(tag, weights, runtime or Runtime.create(), **opts)
 
 
-create.presets = PRESETS  # type: ignore[attr-defined]
-create.info = {  # type: ignore[attr-defined]
-    "": {"modality": "text", "shape": "[tokens, D]", "rate": "tokens", "weights": TransformerText.expects},
-    "pooled": {"shape": "[1, D]", "rate": "one per clip"},
-}
+BACKBONES.register(
+    BackboneCard("text", create, cls=TransformerText, shape="[tokens, D]", rate="tokens", paper="BERT (HF)")
+)
+BACKBONES.register(
+    BackboneCard(
+        "text.pooled",
+        create,
+        tag="pooled",
+        cls=TransformerText,
+        shape="[1, D]",
+        rate="one per clip",
+        paper="BERT (HF), [CLS]-pooled",
+    )
+)

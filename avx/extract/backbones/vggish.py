@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from avx.errors import AvxError, MediaError
-from avx.extract.backbones import BACKBONES
+from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import AudioBackbone, Runtime, seeded
 from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha256_file
 
@@ -186,13 +186,30 @@ def _bool(v: Any) -> bool:
     return v if isinstance(v, bool) else str(v).lower() in {"1", "true", "yes", "on"}
 
 
-@BACKBONES.register("vggish")
 def create(tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any) -> VGGish:
     return VGGish(tag, weights, runtime or Runtime.create(), **opts)
 
 
-create.presets = PRESETS  # type: ignore[attr-defined]
-create.info = {  # type: ignore[attr-defined]
-    "": {"modality": "audio", "shape": "[T, 128]", "rate": "1.04 Hz (0.96 s hop)", "weights": VGGish.expects},
-    "cold": {"rate": "10 Hz (0.1 s hop)"},
-}
+BACKBONES.register(
+    BackboneCard(
+        "vggish",
+        create,
+        cls=VGGish,
+        shape="[T, 128]",
+        rate="1.04 Hz (0.96 s hop)",
+        paper="VGGish (Hershey et al., 2017)",
+        licence="Apache-2.0",
+    )
+)
+BACKBONES.register(
+    BackboneCard(
+        "vggish.cold",
+        create,
+        tag="cold",
+        cls=VGGish,
+        shape="[T, 128]",
+        rate="10 Hz (0.1 s hop)",
+        paper="VGGish with COLD's (000) 0.1 s hop",
+        licence="Apache-2.0",
+    )
+)

@@ -1,9 +1,12 @@
 """The surface every fusion method shares, so one trainer serves them all.
 
-A method is one file with a frozen ``<Name>Config`` dataclass and an ``nn.Module``
-subclass of :class:`FusionMethod`, registered with ``@METHODS.register(name)``. It
-receives a :class:`~avx.fuse.data.Batch` and returns a :class:`FusionOutput`; the
-trainer never branches on the method's name.
+A method is one file with a frozen ``<Name>Config`` dataclass, an ``nn.Module``
+subclass of :class:`FusionMethod`, and one :class:`MethodCard` per registered name
+(``METHODS.register(MethodCard("late", Late, tasks=ALL_TASKS, ...))``) stating what it
+supports. It receives a :class:`~avx.fuse.data.Batch` and returns a
+:class:`FusionOutput`; the trainer never branches on the method's name. The registry
+test builds every card's method for every declared task, sequence or frame level, and
+single- or multi-layer input, so a card's claims are tested, not trusted.
 
 Outputs are *scores before the task's link*: class logits (multiclass, multilabel) or
 values (regression), ``[B, K]`` per sequence or ``[B, T, K]`` per frame. A method that
@@ -28,7 +31,9 @@ from torch import nn
 
 from avx.errors import AvxError
 from avx.fuse.data import Batch, StreamInfo
-from avx.registry import Registry
+from avx.registry import Card, Registry
+
+ALL_TASKS = ("multiclass", "multilabel", "regression")
 
 
 @dataclass(frozen=True)
@@ -79,20 +84,17 @@ class LayerMix(nn.Module):
 class FusionMethod(nn.Module):
     """Base class: ``__init__(config, inputs, task)`` and ``forward(batch)``.
 
-    Class attributes describe what the method supports (``avx fuse methods``):
-    ``tasks``, ``min_streams``/``max_streams``, ``frame_level`` (can output per frame),
-    ``needs_alignment`` (all streams on one clock), ``missing`` (how a missing
-    modality is presented at evaluation: ``mask`` = presence mask, ``zeros`` = zero
-    features with real-looking masks).
+    What a method supports is stated by its :class:`MethodCard`, not by the class;
+    :func:`create_method` attaches the card as ``self.card``.
     """
 
     config_class: ClassVar[type]
-    tasks: ClassVar[tuple[str, ...]] = ("multiclass", "multilabel", "regression")
-    min_streams: ClassVar[int] = 2
-    max_streams: ClassVar[int | None] = None
-    frame_level: ClassVar[bool] = True
-    needs_alignment: ClassVar[bool] = False
-    missing: ClassVar[str] = "mask"
+    card: MethodCard
+
+    @property
+    def missing(self) -> str:
+        """How this method is shown an absent modality (its card's ``missing``)."""
+        return self.card.missing
 
     def __init__(self, config: Any, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
         super().__init__()
@@ -164,27 +166,83 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-METHODS: Registry[type[FusionMethod]] = Registry("fusion method", "avx.fuse.methods")
+@dataclass(frozen=True)
+class MethodCard(Card):
+    """A registered fusion method: its class, its variant's option defaults, and what it supports.
+
+    The defaults are conservative (multiclass only, per sequence only, two or more
+    streams): a card claims a capability only when the method really has it, and the
+    registry test checks each claim.
+
+    Attributes:
+        cls: the :class:`FusionMethod` subclass.
+        defaults: config options this variant sets (``sfav.lt4`` = ``fusion=lt, heads=4``).
+        tasks: targets it can be trained on.
+        min_streams / max_streams: how many input streams it takes (None: any).
+        frame_level: it can output one prediction per frame.
+        needs_alignment: all its streams must share one clock (per-frame fusion).
+        missing: how an absent modality is presented to it: ``mask`` (presence mask
+            off) or ``zeros`` (zero features, real-looking masks).
+    """
+
+    cls: type[FusionMethod] | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ("multiclass",)
+    min_streams: int = 2
+    max_streams: int | None = None
+    frame_level: bool = False
+    needs_alignment: bool = False
+    missing: str = "mask"
+
+    columns = ("tasks", "streams", "per_frame", "missing", "paper")
+
+    def __post_init__(self) -> None:
+        if self.cls is None or not issubclass(self.cls, FusionMethod):
+            raise TypeError(f"method card {self.name}: cls must be a FusionMethod subclass")
+        if bad := set(self.tasks) - set(ALL_TASKS):
+            raise ValueError(f"method card {self.name}: unknown task(s) {sorted(bad)}")
+        if self.missing not in ("mask", "zeros"):
+            raise ValueError(f"method card {self.name}: missing must be mask or zeros")
+        if bad := set(self.defaults) - {f.name for f in fields(self.cls.config_class)}:
+            raise ValueError(f"method card {self.name}: unknown default option(s) {sorted(bad)}")
+
+    @property
+    def streams(self) -> str:
+        hi = self.max_streams if self.max_streams is not None else "any"
+        return str(self.min_streams) if hi == self.min_streams else f"{self.min_streams}..{hi}"
+
+    @property
+    def per_frame(self) -> str:
+        return "yes" if self.frame_level else "no"
+
+
+METHODS: Registry[MethodCard] = Registry("fusion method", "avx.fuse.methods")
 
 
 def create_method(
     name: str, inputs: dict[str, StreamInfo], task: TaskSpec, *, config: Any = None, **overrides: Any
 ) -> FusionMethod:
-    """Build method ``name`` from ``config`` (its config dataclass; default: the defaults)
-    updated by ``overrides``."""
-    cls = METHODS.get(name)
+    """Build method ``name`` from ``config`` (its config dataclass; default: the card's
+    variant defaults) updated by ``overrides``, after checking the card supports the task."""
+    card = METHODS.get(name)
+    cls = card.cls
+    assert cls is not None
     valid = {f.name for f in fields(cls.config_class)}
     if bad := set(overrides) - valid:
         raise AvxError(f"{name}: unknown option(s) {sorted(bad)}; valid: {sorted(valid)}")
     if config is not None and not isinstance(config, cls.config_class):
         raise AvxError(f"{name}: config must be a {cls.config_class.__name__}, not {type(config).__name__}")
-    if task.kind not in cls.tasks:
-        raise AvxError(f"{name} does not support task '{task.kind}'; it supports {', '.join(cls.tasks)}")
+    if task.kind not in card.tasks:
+        raise AvxError(f"{name} does not support task '{task.kind}'; it supports {', '.join(card.tasks)}")
     n = len(inputs)
-    if n < cls.min_streams or (cls.max_streams is not None and n > cls.max_streams):
-        hi = cls.max_streams if cls.max_streams is not None else "any"
-        raise AvxError(f"{name} takes {cls.min_streams}..{hi} streams; got {n}")
-    if task.frame_level and not cls.frame_level:
+    if n < card.min_streams or (card.max_streams is not None and n > card.max_streams):
+        raise AvxError(f"{name} takes {card.streams} streams; got {n}")
+    if task.frame_level and not card.frame_level:
         raise AvxError(f"{name} predicts per sequence only; per-frame targets need another method")
-    config = replace(config, **overrides) if config is not None else cls.config_class(**overrides)
-    return cls(config, inputs, task)
+    if config is None:
+        config = cls.config_class(**{**card.defaults, **overrides})
+    else:
+        config = replace(config, **overrides)
+    model = cls(config, inputs, task)
+    model.card = card
+    return model

@@ -60,7 +60,16 @@ from torch import nn
 from avx.errors import AvxError
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.layers import TemporalGRU
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, Objective, TaskSpec, masked_mean
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    Objective,
+    TaskSpec,
+    masked_mean,
+)
 
 ABLATIONS = ("none", "no-intra", "no-cross", "no-regu", "no-constraints")
 _FILL = -1e9  # stands for -inf in a masked softmax without inf - inf = nan
@@ -120,10 +129,8 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
 
 
-@METHODS.register("cold")
 class Cold(FusionMethod):
     config_class = ColdConfig
-    needs_alignment = True  # w_V, w_A are per frame: the streams share one clock
 
     def __init__(self, config: ColdConfig, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
         super().__init__(config, inputs, task)
@@ -269,3 +276,16 @@ class Cold(FusionMethod):
         if lam["regu"]:
             terms["regu"] = lam["regu"] * self.regulariser(out)
         return terms
+
+
+METHODS.register(
+    MethodCard(
+        "cold",
+        Cold,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        needs_alignment=True,
+        summary="per-frame Gaussian context per stream, weights ‖σ_m‖/Σ‖σ‖ per frame, L_CO + KL",
+        paper="COLD (000, TPAMI)",
+    )
+)

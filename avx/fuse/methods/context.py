@@ -19,7 +19,15 @@ from torch import nn
 
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.layers import TemporalGRU
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    TaskSpec,
+    masked_mean,
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,6 @@ class ContextConfig:
     unimodal_weight: float = 0.0
 
 
-@METHODS.register("context")
 class Context(FusionMethod):
     config_class = ContextConfig
 
@@ -59,3 +66,15 @@ class Context(FusionMethod):
             if self.heads is not None:
                 logits[s] = self.heads[k](z)
         return FusionOutput(logits=self.head(torch.cat(ctx, dim=-1)), modality_logits=logits)
+
+
+METHODS.register(
+    MethodCard(
+        "context",
+        Context,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        summary="BiGRU per stream; context vectors concatenated → shared head",
+        paper='COLD (000) "temporal context fusion"',
+    )
+)

@@ -16,7 +16,15 @@ from torch import nn
 
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.layers import CrossModalTransformer, FrameProjection, SelfAttention
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    TaskSpec,
+    masked_mean,
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,6 @@ class DirectionalConfig:
 
 class Directional(FusionMethod):
     config_class = DirectionalConfig
-    min_streams = max_streams = 2
     audio_is_source: bool
 
     def __init__(self, config: DirectionalConfig, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
@@ -54,11 +61,33 @@ class Directional(FusionMethod):
         return FusionOutput(logits=self.head(z if self.task.frame_level else masked_mean(z, m_t)))
 
 
-@METHODS.register("tav")
 class TAV(Directional):
     audio_is_source = True
 
 
-@METHODS.register("tva")
 class TVA(Directional):
     audio_is_source = False
+
+
+METHODS.register(
+    MethodCard(
+        "tav",
+        TAV,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        max_streams=2,
+        summary="one-direction crossmodal transformer, audio → video",
+        paper="SFAV (001) baseline [16]",
+    )
+)
+METHODS.register(
+    MethodCard(
+        "tva",
+        TVA,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        max_streams=2,
+        summary="one-direction crossmodal transformer, video → audio",
+        paper="SFAV (001) baseline [16]",
+    )
+)

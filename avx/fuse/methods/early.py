@@ -15,7 +15,15 @@ from torch import nn
 
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.layers import TemporalGRU
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    TaskSpec,
+    masked_mean,
+)
 
 
 @dataclass(frozen=True)
@@ -25,11 +33,8 @@ class EarlyConfig:
     dropout: float = 0.5
 
 
-@METHODS.register("early")
 class Early(FusionMethod):
     config_class = EarlyConfig
-    needs_alignment = True
-    missing = "zeros"
 
     def __init__(self, config: EarlyConfig, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
         super().__init__(config, inputs, task)
@@ -47,3 +52,17 @@ class Early(FusionMethod):
         ).any(0)
         h = self.encoder(x, mask)
         return FusionOutput(logits=self.head(h if self.task.frame_level else masked_mean(h, mask)))
+
+
+METHODS.register(
+    MethodCard(
+        "early",
+        Early,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        needs_alignment=True,
+        missing="zeros",
+        summary="per-frame concatenation of time-aligned streams → BiGRU → head",
+        paper='COLD (000) "feature fusion"',
+    )
+)

@@ -22,7 +22,15 @@ from torch import nn
 
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.layers import TemporalGRU
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    TaskSpec,
+    masked_mean,
+)
 from avx.fuse.tasks import from_probs, to_probs
 
 
@@ -35,7 +43,6 @@ class LateConfig:
     unimodal_weight: float = 1.0
 
 
-@METHODS.register("late")
 class Late(FusionMethod):
     config_class = LateConfig
 
@@ -76,3 +83,15 @@ class Late(FusionMethod):
         return FusionOutput(
             logits=from_probs(fused, self.task.kind), modality_logits=logits, fusion_weights=weights
         )
+
+
+METHODS.register(
+    MethodCard(
+        "late",
+        Late,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        summary="BiGRU + head per stream; probabilities averaged by predictive confidence",
+        paper='COLD (000) "decision fusion"',
+    )
+)

@@ -17,7 +17,15 @@ from torch import nn
 
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.layers import CrossModalTransformer, FrameProjection, SelfAttention
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    TaskSpec,
+    masked_mean,
+)
 
 
 @dataclass(frozen=True)
@@ -29,10 +37,8 @@ class MultConfig:
     dropout: float = 0.1
 
 
-@METHODS.register("mult")
 class Mult(FusionMethod):
     config_class = MultConfig
-    max_streams = 3
 
     def __init__(self, config: MultConfig, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
         super().__init__(config, inputs, task)
@@ -67,3 +73,16 @@ class Mult(FusionMethod):
             outs.append(z if self.task.frame_level else masked_mean(z, masks[t]))
         z = torch.cat(outs, dim=-1)
         return FusionOutput(logits=self.head(z + self.mlp(z)))
+
+
+METHODS.register(
+    MethodCard(
+        "mult",
+        Mult,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        max_streams=3,
+        summary="crossmodal transformers in all directions + self-attention",
+        paper="MulT (Tsai et al., 2019)",
+    )
+)

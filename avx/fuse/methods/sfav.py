@@ -8,8 +8,8 @@ audio branch of four Conv1d(k=3, valid) + BatchNorm + ReLU + MaxPool(2, stride 1
 ends in global average pooling over its real frames; the pooled vectors are
 concatenated and classified by one linear layer.
 
-Fusion variants (``fusion`` option; ``heads`` is 1 or 4; registered as ``sfav-lt1`` ..
-``sfav-ia4`` for the paper's Table II rows):
+Fusion variants, one class each, registered as ``sfav.lt1`` .. ``sfav.ia4`` for the
+paper's Table II rows (``heads`` 1 or 4; the older names ``sfav-lt1`` .. still resolve):
 
 - ``lt`` late transformer: after stage 2, a transformer block in each branch: audio
   queries attend to video keys/values (Eq. 2) and the reverse.
@@ -22,8 +22,8 @@ Fusion variants (``fusion`` option; ``heads`` is 1 or 4; registered as ``sfav-lt
   No features cross between branches; ``W_q``/``W_k`` have no bias, so a zeroed
   modality gives a constant importance vector, as the paper notes.
 
-The paper's comparison baselines, built on the same branches (``sfav-tav``,
-``sfav-tva``, ``sfav-mult``):
+The paper's comparison baselines, built on the same branches (``sfav.tav``,
+``sfav.tva``, ``sfav.mult``):
 
 - ``tav`` / ``tva`` (Huang et al. [16]): one transformer block after stage 2 fusing
   audio into video (video queries, audio keys/values) or video into audio, with the
@@ -33,30 +33,46 @@ The paper's comparison baselines, built on the same branches (``sfav-tav``,
   self-attention transformer block in each branch after its crossmodal block.
 
 The transformer block is the paper's (Fig. 2): pre-norm, with residual connections
-around the attention and the feed-forward layers. The official code drops the residual
-around the attention; ``residual_attention=False`` reproduces it (see
-``docs/methods/sfav.md`` for every difference). A missing modality is presented as
-zeros, the way the paper and its modality dropout present it.
+around the attention and the feed-forward layers. Where the official code differs, an
+option reproduces it (``docs/methods/sfav.md`` lists every difference):
+``residual_attention=false`` (no residual around the attention), ``qkv_bias=false``
+(no query/key/value projection biases), ``dropout=0`` (no attention/MLP dropout) and
+``attention_dim=0`` (IA's query/key width is the query branch's own: 128 for audio
+queries, 64 for video). A missing modality is presented as zeros, the way the paper
+and its modality dropout present it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from avx.errors import AvxError
 from avx.fuse.data import Batch, StreamInfo
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+from avx.fuse.layers import key_padding
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    TaskSpec,
+    masked_mean,
+)
 
-FUSIONS = ("lt", "it", "ia", "tav", "tva", "mult")
 _FILL = -1e4  # masked attention logit (finite: fully masked rows stay defined in float16)
 
 
 @dataclass(frozen=True)
 class SfavConfig:
-    """SFAV options; the widths default to the paper's Table I."""
+    """SFAV options; the widths default to the paper's Table I.
+
+    ``fusion`` names the variant and is set by the registered name (``sfav.lt4`` is
+    ``fusion=lt, heads=4``); each class accepts only its own. ``attention_dim``: IA's
+    query/key width (0 = the query branch's width, as the official code).
+    """
 
     fusion: str = "ia"
     heads: int = 1
@@ -64,8 +80,9 @@ class SfavConfig:
     audio_widths: tuple[int, ...] = (64, 128, 256, 128)
     mlp_ratio: int = 2
     dropout: float = 0.1
-    attention_dim: int = 64  # IA: width of the query/key projections
+    attention_dim: int = 64
     residual_attention: bool = True  # the paper's block; False = the official code's
+    qkv_bias: bool = True  # False = the official code's projections
 
 
 class ConvBlock(nn.Module):
@@ -148,6 +165,8 @@ class TransformerBlock(nn.Module):
         self.attn = nn.MultiheadAttention(
             d, heads, dropout=cfg.dropout, kdim=d_kv, vdim=d_kv, batch_first=True
         )
+        if not cfg.qkv_bias:
+            self.attn.in_proj_bias = None  # the output projection keeps its bias
         self.norm_ff = nn.LayerNorm(d)
         self.ff = FeedForward(d, cfg.mlp_ratio, cfg.dropout, conv_ff)
         self.residual = cfg.residual_attention
@@ -157,9 +176,8 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         q = self.norm_q(x)
         kv = self.norm_kv(y) if self.norm_kv is not None else q
-        safe = y_mask.clone()
-        safe[~y_mask.any(1), 0] = True  # a sequence with no real key attends to its first frame
-        a, _ = self.attn(q, kv, kv, key_padding_mask=~safe, need_weights=False)
+        padding, _ = key_padding(y_mask)  # a sequence with no real key attends to its first frame
+        a, _ = self.attn(q, kv, kv, key_padding_mask=padding, need_weights=False)
         x = x + a if self.residual else a
         x = x + self.ff(self.norm_ff(x), x_mask)
         return x * x_mask.unsqueeze(-1).to(x.dtype)
@@ -194,45 +212,53 @@ class AttentionImportance(nn.Module):
         return (a.sum(1) * y_mask.to(a.dtype)).to(y.dtype)
 
 
+# -- the methods: shared branches, one small class per fusion kind ----------------------
+
+
 class Sfav(FusionMethod):
-    """Shared by every registered SFAV variant; ``fusion`` picks the variant."""
+    """The two branches and the classifier every SFAV variant shares.
+
+    A variant overrides :meth:`fuse_stage1` (between the two convolution stages, on
+    ``[B, C, T]``) and/or :meth:`fuse_stage2` (after them, on ``[B, T, C]``, returning
+    the pooled vector the head classifies); the defaults fuse nothing and concatenate
+    the pooled branches.
+    """
 
     config_class = SfavConfig
-    min_streams = max_streams = 2
-    frame_level = False
-    missing = "zeros"
+    fusions: tuple[str, ...] = ()
 
     def __init__(self, config: SfavConfig, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
         super().__init__(config, inputs, task)
-        if config.fusion not in FUSIONS:
-            raise AvxError(f"sfav: unknown fusion '{config.fusion}'; valid: {', '.join(FUSIONS)}")
+        if config.fusion not in self.fusions:
+            raise AvxError(
+                f"sfav: fusion '{config.fusion}' is not built by {type(self).__name__} (it builds"
+                f" {', '.join(self.fusions)}); choose the method sfav.<fusion><heads> instead"
+            )
         if config.heads < 1:
             raise AvxError(f"sfav: heads must be >= 1, got {config.heads}")
         self.audio = next((s for s in self.streams if inputs[s].modality == "audio"), self.streams[0])
         self.video = next(s for s in self.streams if s != self.audio)
-        va, vv = tuple(config.audio_widths), tuple(config.video_widths)
-        self.branch_a = Branch(inputs[self.audio].dim, va, valid=True)
-        self.branch_v = Branch(inputs[self.video].dim, vv, valid=False)
-        f, h = config.fusion, config.heads
-        a1, v1, a2, v2 = va[1], vv[1], va[3], vv[3]
-        if f in ("lt", "mult"):
-            self.fuse_a = TransformerBlock(a2, v2, h, config)  # audio queries, video keys/values
-            self.fuse_v = TransformerBlock(v2, a2, h, config)
-        elif f == "it":
-            self.fuse_a = TransformerBlock(a1, v1, h, config)
-            self.fuse_v = TransformerBlock(v1, a1, h, config)
-        elif f == "ia":
-            self.importance_v = AttentionImportance(a1, v1, config.attention_dim, h)  # audio asks video
-            self.importance_a = AttentionImportance(v1, a1, config.attention_dim, h)
-        elif f == "tav":  # audio fused into video: video queries
-            self.fuse = TransformerBlock(v2, a2, h, config, conv_ff=True)
-        else:  # tva: video fused into audio, audio queries
-            self.fuse = TransformerBlock(a2, v2, h, config, conv_ff=True)
-        if f == "mult":
-            self.self_a = TransformerBlock(a2, a2, h, config, cross=False)
-            self.self_v = TransformerBlock(v2, v2, h, config, cross=False)
-        width = {"tav": v2, "tva": a2}.get(f, a2 + v2)
-        self.head = nn.Linear(width, task.n_outputs)
+        self.widths_a, self.widths_v = tuple(config.audio_widths), tuple(config.video_widths)
+        self.branch_a = Branch(inputs[self.audio].dim, self.widths_a, valid=True)
+        self.branch_v = Branch(inputs[self.video].dim, self.widths_v, valid=False)
+        self.build()
+        self.head = nn.Linear(self.pooled_width(), task.n_outputs)
+
+    def build(self) -> None:
+        """Create the fusion modules (after the branches, before the head)."""
+
+    def pooled_width(self) -> int:
+        return self.widths_a[3] + self.widths_v[3]
+
+    def fuse_stage1(
+        self, xa: torch.Tensor, ma: torch.Tensor, xv: torch.Tensor, mv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return xa, xv
+
+    def fuse_stage2(
+        self, ta: torch.Tensor, ma: torch.Tensor, tv: torch.Tensor, mv: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.cat([masked_mean(ta, ma), masked_mean(tv, mv)], -1)
 
     def _inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         """Channels-first inputs and masks; absent samples are zeros (their masks kept)."""
@@ -257,48 +283,145 @@ class Sfav(FusionMethod):
 
     def forward(self, batch: Batch) -> FusionOutput:
         xa, ma, xv, mv = self._inputs(batch)
-        f = self.config.fusion
         xa, ma = self.branch_a.run(1, xa, ma)
         xv, mv = self.branch_v.run(1, xv, mv)
-        if f == "it":
-            ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)
-            xa = xa + self.fuse_a(ta, ma, tv, mv).transpose(1, 2)
-            xv = xv + self.fuse_v(tv, mv, ta, ma).transpose(1, 2)
-        elif f == "ia":
-            ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)
-            w_v = self.importance_v(ta, ma, tv, mv)  # [B, Tv]
-            w_a = self.importance_a(tv, mv, ta, ma)  # [B, Ta]
-            xa, xv = xa * w_a.unsqueeze(1), xv * w_v.unsqueeze(1)
+        xa, xv = self.fuse_stage1(xa, ma, xv, mv)
         xa, ma = self.branch_a.run(2, xa, ma)
         xv, mv = self.branch_v.run(2, xv, mv)
-        ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)  # [B, T, C]
-        if f in ("lt", "mult"):
-            ta, tv = self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
-            if f == "mult":
-                ta, tv = self.self_a(ta, ma, ta, ma), self.self_v(tv, mv, tv, mv)
-        if f == "tav":
-            z = masked_mean(self.fuse(tv, mv, ta, ma), mv)
-        elif f == "tva":
-            z = masked_mean(self.fuse(ta, ma, tv, mv), ma)
-        else:
-            z = torch.cat([masked_mean(ta, ma), masked_mean(tv, mv)], -1)
+        z = self.fuse_stage2(xa.transpose(1, 2), ma, xv.transpose(1, 2), mv)
         return FusionOutput(logits=self.head(z))
 
 
-def _variant(name: str, fusion: str, heads: int) -> type[Sfav]:
-    """A registered class whose config defaults to one of the paper's variants."""
-    cfg = make_dataclass(
-        f"{name.title().replace('-', '')}Config",
-        [("fusion", str, field(default=fusion)), ("heads", int, field(default=heads))],
-        bases=(SfavConfig,),
-        frozen=True,
+class SfavLate(Sfav):
+    """``lt``: after stage 2, audio queries attend to video and video queries to audio."""
+
+    fusions = ("lt",)
+
+    def build(self) -> None:
+        a2, v2, c, h = self.widths_a[3], self.widths_v[3], self.config, self.config.heads
+        self.fuse_a = TransformerBlock(a2, v2, h, c)  # audio queries, video keys/values
+        self.fuse_v = TransformerBlock(v2, a2, h, c)
+
+    def fuse_stage2(
+        self, ta: torch.Tensor, ma: torch.Tensor, tv: torch.Tensor, mv: torch.Tensor
+    ) -> torch.Tensor:
+        ta, tv = self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
+        return super().fuse_stage2(ta, ma, tv, mv)
+
+
+class SfavMult(SfavLate):
+    """``mult`` (MulT restricted to audio and video): the late transformer, then a
+    self-attention block in each branch."""
+
+    fusions = ("mult",)
+
+    def build(self) -> None:
+        super().build()
+        a2, v2, c, h = self.widths_a[3], self.widths_v[3], self.config, self.config.heads
+        self.self_a = TransformerBlock(a2, a2, h, c, cross=False)
+        self.self_v = TransformerBlock(v2, v2, h, c, cross=False)
+
+    def fuse_stage2(
+        self, ta: torch.Tensor, ma: torch.Tensor, tv: torch.Tensor, mv: torch.Tensor
+    ) -> torch.Tensor:
+        ta, tv = self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
+        ta, tv = self.self_a(ta, ma, ta, ma), self.self_v(tv, mv, tv, mv)
+        return Sfav.fuse_stage2(self, ta, ma, tv, mv)
+
+
+class SfavIntermediate(Sfav):
+    """``it``: the transformer blocks after stage 1, each output added to its branch."""
+
+    fusions = ("it",)
+
+    def build(self) -> None:
+        a1, v1, c, h = self.widths_a[1], self.widths_v[1], self.config, self.config.heads
+        self.fuse_a = TransformerBlock(a1, v1, h, c)
+        self.fuse_v = TransformerBlock(v1, a1, h, c)
+
+    def fuse_stage1(
+        self, xa: torch.Tensor, ma: torch.Tensor, xv: torch.Tensor, mv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)
+        return (
+            xa + self.fuse_a(ta, ma, tv, mv).transpose(1, 2),
+            xv + self.fuse_v(tv, mv, ta, ma).transpose(1, 2),
+        )
+
+
+class SfavAttention(Sfav):
+    """``ia``: after stage 1, each modality's importance vector (from the other's
+    queries) re-weights its frames; no features cross between the branches."""
+
+    fusions = ("ia",)
+
+    def build(self) -> None:
+        a1, v1, c = self.widths_a[1], self.widths_v[1], self.config
+        self.importance_v = AttentionImportance(a1, v1, c.attention_dim or a1, c.heads)  # audio asks video
+        self.importance_a = AttentionImportance(v1, a1, c.attention_dim or v1, c.heads)
+
+    def fuse_stage1(
+        self, xa: torch.Tensor, ma: torch.Tensor, xv: torch.Tensor, mv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ta, tv = xa.transpose(1, 2), xv.transpose(1, 2)
+        w_v = self.importance_v(ta, ma, tv, mv)  # [B, Tv]
+        w_a = self.importance_a(tv, mv, ta, ma)  # [B, Ta]
+        return xa * w_a.unsqueeze(1), xv * w_v.unsqueeze(1)
+
+
+class SfavDirectional(Sfav):
+    """``tav`` (audio fused into video: video queries) / ``tva`` (the reverse): one block
+    with a convolutional feed-forward after stage 2; only the fused branch is pooled."""
+
+    fusions = ("tav", "tva")
+
+    def build(self) -> None:
+        a2, v2, c, h = self.widths_a[3], self.widths_v[3], self.config, self.config.heads
+        if self.config.fusion == "tav":
+            self.fuse = TransformerBlock(v2, a2, h, c, conv_ff=True)
+        else:
+            self.fuse = TransformerBlock(a2, v2, h, c, conv_ff=True)
+
+    def pooled_width(self) -> int:
+        return self.widths_v[3] if self.config.fusion == "tav" else self.widths_a[3]
+
+    def fuse_stage2(
+        self, ta: torch.Tensor, ma: torch.Tensor, tv: torch.Tensor, mv: torch.Tensor
+    ) -> torch.Tensor:
+        if self.config.fusion == "tav":
+            return masked_mean(self.fuse(tv, mv, ta, ma), mv)
+        return masked_mean(self.fuse(ta, ma, tv, mv), ma)
+
+
+# -- registered variants (SFAV Table II rows) --------------------------------------------
+
+
+def _card(name: str, cls: type[Sfav], fusion: str, heads: int, summary: str) -> MethodCard:
+    """One Table II row: ``sfav.<fusion><heads>``, also reachable by its older ``sfav-`` name."""
+    return MethodCard(
+        name,
+        cls,
+        defaults={"fusion": fusion, "heads": heads},
+        aliases=(name.replace(".", "-"),),
+        tasks=ALL_TASKS,
+        min_streams=2,
+        max_streams=2,
+        missing="zeros",
+        summary=summary,
+        paper="SFAV (001)",
     )
-    cls = type(name.title().replace("-", ""), (Sfav,), {"config_class": cfg, "__doc__": Sfav.__doc__})
-    return METHODS.register(name)(cls)
 
 
-for _f in ("lt", "it", "ia"):
-    for _h in (1, 4):
-        _variant(f"sfav-{_f}{_h}", _f, _h)
-for _f in ("tav", "tva", "mult"):
-    _variant(f"sfav-{_f}", _f, 1)
+METHODS.register(_card("sfav.lt1", SfavLate, "lt", 1, "late transformer, 1 head"))
+METHODS.register(_card("sfav.lt4", SfavLate, "lt", 4, "late transformer, 4 heads"))
+METHODS.register(_card("sfav.it1", SfavIntermediate, "it", 1, "intermediate transformer, 1 head"))
+METHODS.register(_card("sfav.it4", SfavIntermediate, "it", 4, "intermediate transformer, 4 heads"))
+METHODS.register(_card("sfav.ia1", SfavAttention, "ia", 1, "intermediate attention, 1 head"))
+METHODS.register(_card("sfav.ia4", SfavAttention, "ia", 4, "intermediate attention, 4 heads"))
+METHODS.register(
+    _card("sfav.tav", SfavDirectional, "tav", 1, "TAV baseline (audio into video) on SFAV's branches")
+)
+METHODS.register(
+    _card("sfav.tva", SfavDirectional, "tva", 1, "TVA baseline (video into audio) on SFAV's branches")
+)
+METHODS.register(_card("sfav.mult", SfavMult, "mult", 1, "MulT (AV) baseline on SFAV's branches"))

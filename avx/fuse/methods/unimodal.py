@@ -11,7 +11,15 @@ from torch import nn
 
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.layers import TemporalGRU
-from avx.fuse.methods.base import METHODS, FusionMethod, FusionOutput, TaskSpec, masked_mean
+from avx.fuse.methods.base import (
+    ALL_TASKS,
+    METHODS,
+    FusionMethod,
+    FusionOutput,
+    MethodCard,
+    TaskSpec,
+    masked_mean,
+)
 
 
 @dataclass(frozen=True)
@@ -21,9 +29,7 @@ class UnimodalConfig:
     dropout: float = 0.5
 
 
-@METHODS.register("unimodal")
 class Unimodal(FusionMethod):
-    min_streams = max_streams = 1
     config_class = UnimodalConfig
 
     def __init__(self, config: UnimodalConfig, inputs: dict[str, StreamInfo], task: TaskSpec) -> None:
@@ -38,3 +44,17 @@ class Unimodal(FusionMethod):
         h = self.encoder(x, mask)
         logits = self.head(h if self.task.frame_level else masked_mean(h, mask))
         return FusionOutput(logits=logits, modality_logits={self.stream: logits})
+
+
+METHODS.register(
+    MethodCard(
+        "unimodal",
+        Unimodal,
+        tasks=ALL_TASKS,
+        frame_level=True,
+        min_streams=1,
+        max_streams=1,
+        summary="one stream → 2-layer BiGRU → head",
+        paper="COLD (000) unimodal baseline",
+    )
+)
