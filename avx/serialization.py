@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import types
 import typing
@@ -206,6 +207,13 @@ def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
         raise AvxError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e})") from None
 
 
+def unsupported_global(e: BaseException) -> str | None:
+    """The Python object a ``weights_only`` load refused (``torch.nn.modules.linear.Linear``),
+    or None when the file was simply not a torch file."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    return m.group(1) if m else None
+
+
 def torch_load_weights_only(path: str | Path, device: str = "cpu") -> Any:
     """``torch.load(weights_only=True)``: tensors and plain containers, never code."""
     import torch
@@ -213,8 +221,10 @@ def torch_load_weights_only(path: str | Path, device: str = "cpu") -> Any:
     try:
         return torch.load(str(path), map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "not plain data"
-        raise AvxError(f"{path}: refused, holds pickled objects beyond tensors ({first[:160]})") from None
+        what = unsupported_global(e)
+        if what:
+            raise AvxError(f"{path}: refused, pickles a Python object ({what}), not only tensors") from None
+        raise AvxError(f"{path}: unreadable (not a torch file)") from None
     except Exception as e:
         raise AvxError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 

@@ -27,7 +27,9 @@ def test_help_on_every_command(cmd: list[str]) -> None:
 
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "avx"
-    proc = subprocess.run([script, "list", "backbones"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [script, "list", "backbones", "--names"], capture_output=True, text=True, check=True
+    )
     names = proc.stdout.split()
     assert names == list_backbones()
     required = ["mfcc", "vggish", "egemaps", "wav2vec2", "wavlm", "hubert", "text", "efficientface"]

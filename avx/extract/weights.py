@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from avx.errors import AvxError
+from avx.serialization import unsupported_global
 
 RANDOM_INIT = "random-init"
 
@@ -131,11 +132,14 @@ def load_state_dict(path: str | Path, *, trust_pickle: bool = False) -> StateDic
         else:
             try:
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:
+            except pickle.UnpicklingError as e:
+                what = unsupported_global(e)
+                if what is None:
+                    raise
                 if not trust_pickle:
                     raise AvxError(
-                        f"{path}: pickles Python objects, not only tensors (loading it can run code);"
-                        " if you trust its source, pass --trust-pickle"
+                        f"{path}: pickles Python objects ({what}), not only tensors (loading it can run"
+                        " code); if you trust its source, pass --trust-pickle"
                     ) from None
                 warnings.warn(f"{path}: pickled model object; unpickling it (--trust-pickle)", stacklevel=2)
                 obj = torch.load(str(path), map_location="cpu", weights_only=False)
