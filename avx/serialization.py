@@ -210,7 +210,7 @@ def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
 def unsupported_global(e: BaseException) -> str | None:
     """The Python object a ``weights_only`` load refused (``torch.nn.modules.linear.Linear``),
     or None when the file was simply not a torch file."""
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
     return m.group(1) if m else None
 
 

@@ -226,7 +226,7 @@ def test_three_streams(layered_store: Path, tmp_path: Path) -> None:
     for method in ("mult", "context", "late", "early"):
         m = train(config(layered_store, method, data=three, epochs=1), tmp_path / method)
         assert len(m["streams"]) == 3 and np.isfinite(m["test"]["macro_f1"])
-    with pytest.raises(Exception, match=r"tav takes 2\.\.2 streams"):
+    with pytest.raises(Exception, match=r"tav takes 2 streams"):
         train(config(layered_store, "tav", data=three), tmp_path / "tav")
 
 

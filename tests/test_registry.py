@@ -62,7 +62,7 @@ def test_every_backbone_produces_its_declared_frames(name: str, hf_folders: dict
     b = create_backbone(name, weights=str(hf_folders[arch]) if arch else "none")
     card = BACKBONES.get(name)
     assert card.name == name and card.modality == b.modality and card.weights
-    if name != "faces" and "D]" not in card.shape:  # the card's declared width is the real one
+    if arch is None and name != "faces" and "D]" not in card.shape:  # the declared width is the real one
         assert f"{b.frame_shape[-1]}]" in card.shape.replace(" ", ""), (card.shape, b.frame_shape)
     prov = b.provenance()
     assert prov["backbone"] == name and ("weights_sha256" in prov or name == "faces")
