@@ -65,6 +65,7 @@ def test_validate_exits_nonzero_with_one_line(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = run_avx("demo", "--out", out, "--clips", "18", "--epochs", "3", "--seed", "0")

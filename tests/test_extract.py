@@ -56,6 +56,7 @@ def test_reference_store_is_complete_with_provenance(demo_store: Path) -> None:
     assert validate_store(demo_store, deep=True).ok
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bit_identical(
     demo_corpus: Path, demo_store: Path, tmp_path: Path
 ) -> None:
@@ -87,6 +88,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(
     assert "0 sample(s) processed" in again.stdout
 
 
+@pytest.mark.slow
 def test_concurrent_writers(demo_corpus: Path, tmp_path: Path) -> None:
     store = tmp_path / "conc.zarr"
     base = ["extract", "--corpus", "cremad", "--root", demo_corpus, "--store", store, "--limit", "8"]
@@ -111,6 +113,7 @@ def test_concurrent_writers(demo_corpus: Path, tmp_path: Path) -> None:
     assert validate_store(store, deep=True).ok
 
 
+@pytest.mark.slow
 def test_bad_media_becomes_a_recorded_failure(demo_corpus: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(demo_corpus, corpus)

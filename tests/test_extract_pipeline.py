@@ -88,6 +88,7 @@ EXPECTED = {  # sample -> (stream, reason fragment)
 }
 
 
+@pytest.mark.slow
 def test_bad_input_is_recorded_per_sample_and_never_touches_committed_data(
     bad_corpus: Path, tmp_path: Path
 ) -> None:
@@ -154,6 +155,7 @@ def all_weights(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [x for item in w for x in ("--weights", item)]
 
 
+@pytest.mark.slow
 def test_all_backbones_from_the_demo_corpus(
     demo_corpus: Path, all_weights: list[str], tmp_path: Path
 ) -> None:
@@ -190,6 +192,7 @@ def test_all_backbones_from_the_demo_corpus(
     assert validate_store(store, deep=True).ok
 
 
+@pytest.mark.slow
 def test_ravdess_replica_with_every_backbone(all_weights: list[str], tmp_path: Path) -> None:
     """A RAVDESS-layout replica (AV mp4s with their audio tracks), SFAV's frame recipe."""
     root = tmp_path / "RAVDESS"
@@ -229,6 +232,7 @@ def test_ravdess_replica_with_every_backbone(all_weights: list[str], tmp_path: P
     assert s.stream("text/text.pooled")[av_ids[0]].shape == (1, 32)  # "Kids are talking by the door"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["workers", "scheduler"])
 def test_two_dask_workers_write_the_same_store_as_one_process(
     how: str, demo_corpus: Path, tmp_path: Path
@@ -334,6 +338,7 @@ def test_alignment_utilities() -> None:
         align.nearest(video_t, np.full(3, np.nan), np.zeros((3, 1)))
 
 
+@pytest.mark.slow
 def test_backbone_options(demo_corpus: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "c"
     shutil.copytree(demo_corpus, corpus)
@@ -349,6 +354,7 @@ def test_backbone_options(demo_corpus: Path, tmp_path: Path) -> None:
     assert mfcc.spec.frame_shape == (20,) and len(mfcc) == 1
 
 
+@pytest.mark.slow
 def test_corpus_without_transcripts_skips_text_with_a_message(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", voice(1.0))
     rows = [{"id": f"c{i}", "speaker": f"s{i}", "audio_path": "a.wav", "split": "train"} for i in range(3)]

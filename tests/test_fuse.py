@@ -255,6 +255,7 @@ def test_per_frame_targets_train_and_predict_per_frame_weights(demo_store: Path,
     assert {"frame", "value:valence", "audio/mfcc:arousal"} <= set(pred.columns)
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_and_resumes_bit_identically(demo_store: Path, tmp_path: Path) -> None:
     cfg = config(demo_store, "late", epochs=4, scheduler="cosine-restarts", class_weights="inverse")
     a = train(cfg, tmp_path / "a")
@@ -353,6 +354,7 @@ def test_perturbations(demo_store: Path) -> None:
     assert dropped.item() == pytest.approx(0.3, abs=0.05)
 
 
+@pytest.mark.slow
 def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = [
@@ -440,6 +442,7 @@ def test_protocol_and_fold_select_the_split(demo_store: Path) -> None:
         FusionData(store, DataConfig(streams=STREAMS, protocol="official"))
 
 
+@pytest.mark.slow
 def test_occlusion_rebuilds_the_backbone_with_its_recorded_options(
     demo_store: Path, demo_corpus: Path, tmp_path: Path
 ) -> None:

@@ -220,6 +220,7 @@ def test_method_cards_default_to_the_conservative_claims() -> None:
     )
 
 
+@pytest.mark.slow
 def test_every_list_is_the_one_listing() -> None:
     for kind, registry in (("methods", METHODS), ("backbones", BACKBONES), ("corpora", CORPORA)):
         names = run_avx("list", kind, "--names").stdout.split()

@@ -213,6 +213,7 @@ def _legacy_copy(run: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_pickled_run_folders_are_refused_then_converted_on_request(trained: Path, tmp_path: Path) -> None:
     legacy = _legacy_copy(trained, tmp_path / "old")
     with pytest.raises(AvxError, match=r"model\.pt: run saved as a pickle.*avx fuse convert"):
@@ -269,6 +270,7 @@ train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one(
     small_store: Path, tmp_path: Path
 ) -> None:

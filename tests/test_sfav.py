@@ -248,6 +248,7 @@ def test_three_modalities_and_bad_settings() -> None:
 
 
 # -- the paper's key effect --------------------------------------------------------------
+@pytest.mark.slow
 def test_softhard_dropout_keeps_single_modalities_working(tmp_path: Path) -> None:
     """SFAV Table II: with soft+hard modality dropout, audio-only and video-only
     accuracy rise well above the no-dropout model's, and AV does not drop. Measured
@@ -281,6 +282,7 @@ def test_softhard_dropout_keeps_single_modalities_working(tmp_path: Path) -> Non
 
 
 # -- CLI -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_preset_dropout_trials_and_the_sfav_table(demo_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "trials"
     common = ["--store", demo_store, "--streams", "audio/mfcc,video/mobilenetv2", "--labels", "intended"]
@@ -319,6 +321,7 @@ def test_cli_preset_dropout_trials_and_the_sfav_table(demo_store: Path, tmp_path
     assert json.loads((tmp_path / "late" / "config.json").read_text())["dropout"] == "prob:0.3"
 
 
+@pytest.mark.slow
 def test_extract_preset_sets_the_papers_features(demo_corpus: Path, tmp_path: Path) -> None:
     """``avx extract --preset sfav-ravdess``: EfficientFace (SFAV input) on 15 face
     frames over 3.6 s at 224 px, and 10 MFCCs at 22,050 Hz; an explicit option wins."""

@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,9 @@ from avx.store_schema.writer import (
     spec_mismatch,
 )
 from avx.store_schema.zarrio import local_path, open_root, read_table
+
+if TYPE_CHECKING:
+    import zarr
 
 PARTIAL_EXIT_CODE = 3
 CROP_GROUP = 16
@@ -368,7 +371,7 @@ class ChunkRunner:
                     prep.crops, prep.times = stored
                 else:
                     faces = self._faces
-                    status = S.Status(int(faces.index[row, 0]))
+                    status = S.Status(int(faces.index.status[row]))
                     if status == S.Status.FAILED:
                         raise MediaError(faces.failures.get(sid, "face extraction failed"))
                     if status != S.Status.COMMITTED:
@@ -424,7 +427,7 @@ class ChunkRunner:
                 for r in task.rows
                 if r in need
                 and r not in task.todo.get(S.FACES, ())
-                and self._faces.index[r, 0] == S.Status.COMMITTED
+                and self._faces.index.status[r] == S.Status.COMMITTED
             ]
             # Committed crops are read in groups (one slice per part, not one read per clip).
             self._crop_groups = {
@@ -567,16 +570,57 @@ def extract(
     *,
     console: Console | None = None,
 ) -> ExtractReport:
-    """Extract ``options.backbones`` for every pending sample of ``corpus`` into ``store``."""
+    """Extract ``options.backbones`` for every pending sample of ``corpus`` into ``store``.
+
+    Three steps: :func:`plan_extraction` (which streams, with which specs),
+    :func:`build_tasks` (which samples each chunk of work covers, after taking the
+    stream locks) and :func:`execute` (run the chunks here or on Dask workers and commit
+    each part as it arrives).
+    """
     console = console or Console(stderr=True)
     t0 = time.time()
+    report = ExtractReport(str(store))
+    plan, backbones = plan_extraction(corpus, root, store, options, report, console)
+    report.store = plan.store
+    g = open_root(plan.store, writable=True)
+    with ExitStack() as stack:
+        lock_streams(stack, plan.store, list(plan.specs))
+        if options.overwrite:
+            _delete_for_overwrite(g, plan.specs, options, console)
+        writers = {n: StreamWriter(g, spec, part_size=options.part_size) for n, spec in plan.specs.items()}
+        stack.callback(lambda: [w.close() for w in writers.values()])
+        samples = read_table(g[S.SAMPLES])
+        tasks, n_todo = build_tasks(writers, len(samples), options, report)
+        frames = execute(plan, backbones, tasks, writers, samples["id"], report, console, n_todo, t0)
+        report.processed = n_todo
+    for name, w in writers.items():
+        report.streams[name] = {
+            "committed_now": w.committed_now,
+            "failed_now": w.failed_now,
+            "frames_now": frames[name],
+        }
+    consolidate(plan.store)
+    report.wall_s = time.time() - t0
+    return report
+
+
+def plan_extraction(
+    corpus: str,
+    root: str | Path,
+    store: str | Path,
+    options: ExtractOptions,
+    report: ExtractReport,
+    console: Console,
+) -> tuple[Plan, list[Backbone]]:
+    """The backbones to run and every stream's spec (creating the store from the corpus
+    metadata when it does not exist). Text backbones are skipped, with a message, for a
+    corpus without transcripts; visual backbones bring the ``faces`` stream they read."""
     root = Path(root)
     backbones = build_backbones(options)
     path = ensure_store(corpus, root, store)
     media_root = root if root.is_dir() else root.parent  # a manifest file: media sit beside it
-    g = open_root(path, writable=True)
+    g = open_root(path)
     samples = read_table(g[S.SAMPLES])
-    report = ExtractReport(str(path))
     text = [b for b in backbones if isinstance(b, TextBackbone)]
     if text and (
         "transcript" not in samples or not samples["transcript"].fillna("").astype(str).str.strip().any()
@@ -589,9 +633,9 @@ def extract(
     want_faces = bool(visual) or any(b.stream_name == S.FACES for b in backbones)
     backbones = [b for b in backbones if b.stream_name != S.FACES]
     specs: dict[str, StreamSpec] = {}
-    faces_cfg = None
-    if want_faces:
-        faces_cfg = _face_config(options, visual, g)
+    faces_cfg = _face_config(options, visual, g) if want_faces else None
+    face_ref: dict[str, Any] = {}
+    if faces_cfg is not None:
         specs[S.FACES] = _faces_spec(faces_cfg)
         face_ref = {
             "input_stream": S.FACES,
@@ -614,85 +658,98 @@ def extract(
         threads=torch.get_num_threads(),
         blas_threads=max(blas) if blas else None,
     )
+    return plan, backbones
 
-    with ExitStack() as stack:
-        lock_streams(stack, path, list(specs))
-        if options.overwrite:
-            for name in specs:
-                if S.stream_path(name) not in g:
-                    continue
-                if name == S.FACES and S.FACES not in options.backbones:
-                    # crops a visual backbone merely reads are kept if their settings still hold
-                    old = StreamSpec.from_attrs(g[S.stream_path(name)].attrs[S.STREAM_ATTR])
-                    if spec_mismatch(old, specs[name]) is None:
-                        continue
-                del g[S.stream_path(name)]
-                console.print(f"overwrite: deleted stream {name}", highlight=False)
-        writers = {name: StreamWriter(g, spec, part_size=options.part_size) for name, spec in specs.items()}
-        stack.callback(lambda: [w.close() for w in writers.values()])
-        rows = list(range(len(samples)))
-        todo_by = {n: set(w.todo(rows, retry_failed=options.retry_failed)) for n, w in writers.items()}
-        todo = sorted(set().union(*todo_by.values()))
-        report.skipped = len(rows) - len(todo)
-        if options.limit is not None:
-            todo = todo[: options.limit]
-        tasks = []
-        for a in range(0, len(todo), max(1, options.part_size)):
-            chunk = todo[a : a + options.part_size]
-            per = {n: todo_by[n].intersection(chunk) for n in specs}
-            per = {n: rs for n, rs in per.items() if rs}
-            tasks.append(Task(chunk, per, {n: writers[n].reserve_part() for n in per}))
-        frames = {n: 0 for n in specs}
 
-        def commit(results: dict[str, PartResult]) -> None:
-            for name, res in results.items():
-                writers[name].commit(res)
-                report.failed_rows |= set(res.failures)
-                for row, why in res.failures.items():
-                    console.print(
-                        f"[yellow]failed[/] {name} {samples['id'].iat[row]}: {why}",
-                        highlight=False,
-                        soft_wrap=True,
-                    )
-                frames[name] += sum(b - a for _, a, b in res.entries)
+def _delete_for_overwrite(
+    g: zarr.Group, specs: dict[str, StreamSpec], options: ExtractOptions, console: Console
+) -> None:
+    """``--overwrite``: delete the requested streams (their locks are held)."""
+    for name in specs:
+        if S.stream_path(name) not in g:
+            continue
+        if name == S.FACES and S.FACES not in options.backbones:
+            # crops a visual backbone merely reads are kept if their settings still hold
+            old = StreamSpec.from_attrs(g[S.stream_path(name)].attrs[S.STREAM_ATTR])
+            if spec_mismatch(old, specs[name]) is None:
+                continue
+        del g[S.stream_path(name)]
+        console.print(f"overwrite: deleted stream {name}", highlight=False)
 
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task(f"extract {', '.join(specs)}", total=len(todo), rate="")
-            done = {"clips": 0, "frames": 0}
 
-            def tick(n_clips: int, n_frames: int) -> None:
-                done["clips"] += n_clips
-                done["frames"] += n_frames
-                el = max(time.time() - t0, 1e-9)
-                rate = f"{done['clips'] / el:.2f} clips/s"
-                if done["frames"]:
-                    rate += f", {done['frames'] / el:.0f} face frames/s"
-                progress.update(bar, advance=n_clips, rate=rate)
+def build_tasks(
+    writers: dict[str, StreamWriter], n_samples: int, options: ExtractOptions, report: ExtractReport
+) -> tuple[list[Task], int]:
+    """Chunks of ``part_size`` pending rows, each with the rows every stream still needs
+    and a reserved part number per stream; and how many rows are pending in all."""
+    rows = list(range(n_samples))
+    todo_by = {n: set(w.todo(rows, retry_failed=options.retry_failed)) for n, w in writers.items()}
+    todo = sorted(set().union(*todo_by.values()))
+    report.skipped = len(rows) - len(todo)
+    if options.limit is not None:
+        todo = todo[: options.limit]
+    tasks = []
+    for a in range(0, len(todo), max(1, options.part_size)):
+        chunk = todo[a : a + options.part_size]
+        per = {n: rs for n in writers if (rs := todo_by[n].intersection(chunk))}
+        tasks.append(Task(chunk, per, {n: writers[n].reserve_part() for n in per}))
+    return tasks, len(todo)
 
-            if options.workers > 0 or options.scheduler:
-                _run_dask(plan, tasks, commit, tick, options)
-            else:
-                runner = ChunkRunner(plan, backbones)
-                for task in tasks:
-                    commit(runner.run(task, on_sample=lambda _r, n: tick(1, n)))
-        report.processed = len(todo)
-    for name, w in writers.items():
-        report.streams[name] = {
-            "committed_now": w.committed_now,
-            "failed_now": w.failed_now,
-            "frames_now": frames[name],
-        }
-    consolidate(path)
-    report.wall_s = time.time() - t0
-    return report
+
+def execute(
+    plan: Plan,
+    backbones: list[Backbone],
+    tasks: list[Task],
+    writers: dict[str, StreamWriter],
+    ids: pd.Series,
+    report: ExtractReport,
+    console: Console,
+    n_todo: int,
+    t0: float,
+) -> dict[str, int]:
+    """Run every task (here, or on Dask workers) with a progress bar, committing each
+    stream's part as it arrives; returns the frames written per stream."""
+    frames = {n: 0 for n in plan.specs}
+
+    def commit(results: dict[str, PartResult]) -> None:
+        for name, res in results.items():
+            writers[name].commit(res)
+            report.failed_rows |= set(res.failures)
+            for row, why in res.failures.items():
+                console.print(
+                    f"[yellow]failed[/] {name} {ids.iat[row]}: {why}", highlight=False, soft_wrap=True
+                )
+            frames[name] += sum(b - a for _, a, b in res.entries)
+
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"extract {', '.join(plan.specs)}", total=n_todo, rate="")
+        done = {"clips": 0, "frames": 0}
+
+        def tick(n_clips: int, n_frames: int) -> None:
+            done["clips"] += n_clips
+            done["frames"] += n_frames
+            el = max(time.time() - t0, 1e-9)
+            rate = f"{done['clips'] / el:.2f} clips/s"
+            if done["frames"]:
+                rate += f", {done['frames'] / el:.0f} face frames/s"
+            progress.update(bar, advance=n_clips, rate=rate)
+
+        options = plan.options
+        if options.workers > 0 or options.scheduler:
+            _run_dask(plan, tasks, commit, tick, options)
+        else:
+            runner = ChunkRunner(plan, backbones)
+            for task in tasks:
+                commit(runner.run(task, on_sample=lambda _r, n: tick(1, n)))
+    return frames
 
 
 def _run_dask(

@@ -1,4 +1,6 @@
-"""From a store to padded batches: streams, layers, alignment, length, labels, splits.
+"""From a store to padded batches, in three steps: selection (:mod:`avx.fuse.selection`),
+loading and normalisation (this module), collation (:mod:`avx.fuse.collate`). What each
+covers: streams, layers, alignment, length, labels, splits.
 
 Per sample and stream, in this order:
 
@@ -27,294 +29,91 @@ samples within each block, so there is never one random read per sample.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from avx.corpora.protocols import SPLITS
-from avx.errors import AvxError, UnknownNameError
-from avx.fuse.targets import Targets, resolve_targets
+from avx.errors import AvxError
+from avx.fuse.collate import collate
+from avx.fuse.datatypes import (
+    BLOCK_SAMPLES,
+    DEMOGRAPHICS,
+    Batch,
+    DataConfig,
+    Normalizer,
+    StreamInfo,
+    parse_length,
+    parse_stream,
+)
+from avx.fuse.selection import Selection, age_group
 from avx.store_schema import FeatureStore
 from avx.store_schema import spec as S
 from avx.store_schema.align import average_pool, nearest_index
-from avx.store_schema.reader import Stream
 
-DEMOGRAPHICS = ("sex", "race", "age_group")
-BLOCK_SAMPLES = 512
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which data a run uses (saved in ``RUN/config.json``).
-
-    Attributes:
-        streams: store streams, optionally with layers: ``audio/wavlm-large@all``.
-        labels: label source (see :mod:`avx.fuse.targets`).
-        task: ``multiclass``, ``multilabel`` or ``regression``.
-        level: ``auto``, ``sequence`` or ``frame`` targets for dimensional labels.
-        bins: thresholds for binning a dimension into 3 classes.
-        soft_targets: multilabel targets are the vote distribution, not multi-hot.
-        protocol / fold: stored evaluation protocol (None = the store's default).
-        length: length policies, ``POLICY`` for all streams or ``STREAM=POLICY``.
-        align: None, ``labels``, a stream name or ``rate:R``.
-        memory_gb: read everything once when the selection is smaller than this.
-        groups: sample columns used for fairness metrics (``age_group`` is derived).
-    """
-
-    streams: tuple[str, ...]
-    labels: str = "av"
-    task: str = "multiclass"
-    level: str = "auto"
-    bins: tuple[float, float] = (-0.05, 0.05)
-    soft_targets: bool = False
-    protocol: str | None = None
-    fold: int = 0
-    length: tuple[str, ...] = ()
-    align: str | None = None
-    memory_gb: float = 8.0
-    groups: tuple[str, ...] = DEMOGRAPHICS
+__all__ = [
+    "BLOCK_SAMPLES",
+    "DEMOGRAPHICS",
+    "Batch",
+    "DataConfig",
+    "FusionData",
+    "Normalizer",
+    "Selection",
+    "StreamInfo",
+    "age_group",
+    "parse_length",
+    "parse_stream",
+]
 
 
-@dataclass(frozen=True)
-class StreamInfo:
-    """What a method needs to know about one input: feature size, layers, modality."""
+class FusionData(Selection):
+    """A :class:`~avx.fuse.selection.Selection` whose features can be read, normalised and batched.
 
-    dim: int
-    layers: int = 1
-    modality: str = "audio"
-
-
-@dataclass
-class Batch:
-    """A padded batch. ``inputs[s]`` is ``[B, T, D]`` (``[B, T, L, D]`` with layers)."""
-
-    ids: list[str]
-    index: np.ndarray
-    inputs: dict[str, torch.Tensor]
-    masks: dict[str, torch.Tensor]  # [B, T] bool, True = real frame
-    present: dict[str, torch.Tensor]  # [B] bool
-    targets: torch.Tensor  # [B] | [B, K] | [B, T] | [B, T, K]
-    target_mask: torch.Tensor  # [B] | [B, T] bool
-    # Frames a test-time perturbation corrupted, per stream ([B, T] bool), for analyses.
-    corrupted: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def to(self, device: str | torch.device) -> Batch:
-        mv = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
-        return replace(
-            self,
-            inputs=mv(self.inputs),
-            masks=mv(self.masks),
-            present=mv(self.present),
-            targets=self.targets.to(device),
-            target_mask=self.target_mask.to(device),
-        )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass
-class Normalizer:
-    """Per-dimension mean/std per stream, fitted on training frames only."""
-
-    mean: dict[str, np.ndarray] = field(default_factory=dict)
-    std: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def state_dict(self) -> dict[str, dict[str, list]]:
-        return {s: {"mean": self.mean[s].tolist(), "std": self.std[s].tolist()} for s in self.mean}
-
-    @classmethod
-    def from_state_dict(cls, d: dict[str, dict[str, list]]) -> Normalizer:
-        return cls(
-            {s: np.asarray(v["mean"], np.float32) for s, v in d.items()},
-            {s: np.asarray(v["std"], np.float32) for s, v in d.items()},
-        )
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """``mean:STREAM`` / ``std:STREAM`` tensors, as ``normalizer.safetensors`` holds them."""
-        out = {f"mean:{s}": torch.as_tensor(v) for s, v in self.mean.items()}
-        out.update({f"std:{s}": torch.as_tensor(v) for s, v in self.std.items()})
-        return out
-
-    @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor]) -> Normalizer:
-        streams = [k.removeprefix("mean:") for k in t if k.startswith("mean:")]
-        return cls(
-            {s: t[f"mean:{s}"].numpy().astype(np.float32) for s in streams},
-            {s: t[f"std:{s}"].numpy().astype(np.float32) for s in streams},
-        )
-
-    def __call__(self, stream: str, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean[stream]) / self.std[stream]
-
-
-def parse_stream(spec: str) -> tuple[str, str | None]:
-    """``audio/wavlm@6+12`` -> (``audio/wavlm``, ``6+12``)."""
-    name, _, layers = spec.partition("@")
-    return name.strip(), (layers.strip() or None)
-
-
-def parse_length(policies: tuple[str, ...], streams: list[str]) -> dict[str, tuple[str, int]]:
-    out: dict[str, tuple[str, int]] = {}
-    for item in policies:
-        target, _, pol = item.rpartition("=")
-        kind, _, n = pol.partition(":")
-        if kind not in ("truncate", "pad", "resample") or not n.isdigit() or int(n) < 1:
-            raise AvxError(f"bad length policy '{item}'; use truncate:N, pad:N or resample:N (N >= 1)")
-        hit = [s for s in streams if not target or s == target or s.split("/")[0] == target]
-        if not hit:
-            raise UnknownNameError("stream or modality in --length", target, streams)
-        for s in hit:
-            out[s] = (kind, int(n))
-    return out
-
-
-def age_group(age: np.ndarray) -> np.ndarray:
-    """Age bands for fairness: <30, 30-44, 45+ (unknown when missing)."""
-    a = np.asarray(age, dtype=float)
-    return np.where(~np.isfinite(a), "unknown", np.where(a < 30, "<30", np.where(a < 45, "30-44", "45+")))
-
-
-class FusionData:
-    """Targets, splits and the selected streams of a store, ready to batch.
-
-    Args:
-        store: the opened store.
-        config: what to select.
-        align: the method needs one clock for every stream (early fusion); the first
-            stream's timestamps are used unless ``config.align`` says otherwise.
-        keep_unlabelled: keep samples without a target or split (prediction); their
-            split is ``unassigned`` and their per-sequence targets are -1 (multiclass)
-            or 0: every sample is scored, none should be trained or evaluated on.
+    Constructing one only selects (reads metadata and stream indices). Features are
+    read by :meth:`load` (all at once when they fit in ``memory_gb``, else streamed
+    block by block while batching), the normaliser is fitted by :meth:`fit_normalizer`
+    (training split only) or set from a saved run; both happen on first use when not
+    done explicitly. Batches come from :func:`avx.fuse.collate.collate`.
     """
 
     def __init__(
         self, store: FeatureStore, config: DataConfig, *, align: bool = False, keep_unlabelled: bool = False
     ) -> None:
-        self.store, self.config = store, config
-        if not config.streams:
-            raise AvxError("select at least one stream (--streams)")
-        self.targets_all: Targets = resolve_targets(
-            store,
-            config.labels,
-            config.task,
-            level=config.level,
-            bins=tuple(config.bins),
-            soft_targets=config.soft_targets,
-        )
-        self.task = config.task
-        self.names = self.targets_all.names  # class names, or dimension names for regression
-        self.frame_level = self.targets_all.frame_level
-        self.stream_names: list[str] = []
-        self.streams: dict[str, Stream] = {}  # opened once: each open reads the stream's index
-        self._layers: dict[str, list[int] | None] = {}
-        self.info: dict[str, StreamInfo] = {}
-        for spec in config.streams:
-            self._add_stream(spec)
-        self.align = self._resolve_align(align)
-        self.length = parse_length(config.length, self.stream_names)
-        split = store.split(config.protocol, config.fold).astype(str)
-        labelled = self.targets_all.labelled()
-        self.n_unlabelled = int((~labelled & (split != "")).sum())
-        if keep_unlabelled:
-            split = np.where(split == "", "unassigned", split)
-            rows = np.arange(len(split))
-        else:
-            rows = np.flatnonzero(labelled & (split != ""))
-        have = {s: self._committed(s) for s in self.stream_names}
-        rows = rows[np.any([have[s][rows] for s in self.stream_names], axis=0)]
-        self.rows = rows
-        self.ids = store.sample_ids[rows].astype(str)
-        self.split = split[rows]
-        self.available = {s: have[s][rows] for s in self.stream_names}
-        self.groups = self._groups()
-        if not (self.split == "train").any():
-            raise AvxError(
-                f"{store.url}: no training samples with labels '{config.labels}' and these streams"
-            )
-        self.in_memory = self.selected_bytes() <= config.memory_gb * 2**30
-        self.features: dict[str, list[np.ndarray | None]] = {}
+        super().__init__(store, config, align=align, keep_unlabelled=keep_unlabelled)
+        self._features: dict[str, list[np.ndarray | None]] | None = None
         self.target_frames: list[np.ndarray | None] | None = None
         self.ref_times: list[np.ndarray | None] = []
-        if self.in_memory:
-            self.features, self.target_frames, self.ref_times = self._load(np.arange(len(self.ids)))
-        self.normalizer = self.fit_normalizer()
-
-    # -- selection ---------------------------------------------------------------------
-    def _add_stream(self, spec: str) -> None:
-        name, layers = parse_stream(spec)
-        if name not in self.store.streams:
-            raise UnknownNameError("stream", name, self.store.streams)
-        if name == S.FACES:
-            raise AvxError("faces is a crop stream; select features (video/<backbone>) instead")
-        st = self.streams[name] = self.store.stream(name)
-        shape = st.spec.frame_shape
-        axis = st.spec.layer_axis
-        if axis is None:
-            if layers is not None:
-                raise AvxError(f"stream {name} has no layer axis; drop '@{layers}'")
-            self._layers[name] = None
-            info = StreamInfo(int(np.prod(shape)), 1, name.split("/")[0])
-        else:
-            n_layers = shape[axis]
-            if layers in (None, "all"):
-                sel = list(range(n_layers))
-            else:
-                try:
-                    sel = [int(v) for v in layers.split("+")]
-                except ValueError:
-                    raise AvxError(f"bad layer selection '@{layers}'; use @6, @6+12 or @all") from None
-                if bad := [v for v in sel if not 0 <= v < n_layers]:
-                    raise AvxError(f"stream {name} has layers 0..{n_layers - 1}; got {bad}")
-            self._layers[name] = sel
-            dim = int(np.prod(shape)) // n_layers
-            info = StreamInfo(dim, len(sel), name.split("/")[0])
-        self.stream_names.append(name)
-        self.info[name] = info
-
-    def _resolve_align(self, method_needs: bool) -> str | None:
-        a = self.config.align
-        if self.frame_level:
-            if a not in (None, "labels"):
-                raise AvxError("per-frame targets align every stream to the label times (--align labels)")
-            return "labels"
-        if a is None:
-            return self.stream_names[0] if method_needs else None
-        if a == "labels":
-            raise AvxError("--align labels needs per-frame targets")
-        if a.startswith("rate:"):
-            try:
-                float(a[5:])
-            except ValueError:
-                raise AvxError(f"bad --align '{a}'; use rate:R with R in Hz") from None
-            return a
-        if a not in self.stream_names:
-            raise UnknownNameError("alignment reference", a, ["labels", "rate:R", *self.stream_names])
-        return a
-
-    def _committed(self, name: str) -> np.ndarray:
-        return self.streams[name].index[:, 0] == S.Status.COMMITTED
-
-    def selected_bytes(self) -> int:
-        total = 0
-        for s in self.stream_names:
-            idx = self.streams[s].index[self.rows]
-            frames = int((idx[:, 3] - idx[:, 2])[self.available[s]].sum())
-            total += frames * self.info[s].dim * self.info[s].layers * 4
-        return total
-
-    def _groups(self) -> dict[str, np.ndarray]:
-        samples = self.store.samples.iloc[self.rows]
-        out = {}
-        for g in self.config.groups:
-            if g == "age_group" and "age" in samples:
-                out[g] = age_group(samples["age"].to_numpy())
-            elif g in samples:
-                out[g] = samples[g].fillna("unknown").astype(str).to_numpy()
-        return out
+        self._normalizer: Normalizer | None = None
 
     # -- loading -----------------------------------------------------------------------
+    def load(self) -> FusionData:
+        """Read every selected feature into memory when the selection fits (else a no-op:
+        batches stream blocks). Idempotent; returns ``self``."""
+        if self.in_memory and self._features is None:
+            self._features, self.target_frames, self.ref_times = self._load(np.arange(len(self.ids)))
+        return self
+
+    @property
+    def features(self) -> dict[str, list[np.ndarray | None]]:
+        """Processed features per stream and sample (in-memory selections; loaded on first use)."""
+        if self._features is None:
+            self.load()
+        return self._features if self._features is not None else {}
+
+    @features.setter
+    def features(self, value: dict[str, list[np.ndarray | None]]) -> None:
+        self._features = value
+
+    @property
+    def normalizer(self) -> Normalizer:
+        """The training-split normaliser (fitted on first use unless set)."""
+        if self._normalizer is None:
+            self._normalizer = self.fit_normalizer()
+        return self._normalizer
+
+    @normalizer.setter
+    def normalizer(self, value: Normalizer) -> None:
+        self._normalizer = value
+
     def _load(self, idx: np.ndarray) -> tuple[dict[str, list[np.ndarray | None]], list | None, list]:
         """Processed features, per-frame targets and reference times of samples ``idx``
         (positions in ``self.ids``), read part by part."""
@@ -418,17 +217,12 @@ class FusionData:
         return norm
 
     # -- batching ----------------------------------------------------------------------
-    def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == split)
-
-    def counts(self) -> dict[str, int]:
-        return {s: int((self.split == s).sum()) for s in SPLITS}
-
     def _iter_blocks(
         self, idx: np.ndarray, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[tuple[dict[str, list], list | None, np.ndarray]]:
         """Processed features for ``idx``, whole (in memory) or block by block (streamed)."""
         if self.in_memory:
+            self.load()
             yield (
                 {s: [f[i] for i in idx] for s, f in self.features.items()},
                 None if self.target_frames is None else [self.target_frames[i] for i in idx],
@@ -465,68 +259,24 @@ class FusionData:
             idx = idx[torch.randperm(len(idx), generator=generator).numpy()]
         norm = normalizer or self.normalizer
         if self.in_memory:
+            self.load()
             for a in range(0, len(idx), batch_size):
                 yield self.collate(idx[a : a + batch_size], norm)
             return
         for feats, tgts, block in self._iter_blocks(idx, shuffle, generator):
             for a in range(0, len(block), batch_size):
                 sl = slice(a, a + batch_size)
-                yield self._collate(
-                    block[sl], {s: f[sl] for s, f in feats.items()}, None if tgts is None else tgts[sl], norm
+                yield collate(
+                    self,
+                    block[sl],
+                    {s: f[sl] for s, f in feats.items()},
+                    None if tgts is None else tgts[sl],
+                    norm,
                 )
 
     def collate(self, idx: np.ndarray, norm: Normalizer | None = None) -> Batch:
         """A batch of in-memory samples ``idx``."""
+        self.load()
         feats = {s: [f[i] for i in idx] for s, f in self.features.items()}
         tgts = None if self.target_frames is None else [self.target_frames[i] for i in idx]
-        return self._collate(np.asarray(idx), feats, tgts, norm or self.normalizer)
-
-    def _collate(self, idx: np.ndarray, feats: dict[str, list], tgts: list | None, norm: Normalizer) -> Batch:
-        inputs, masks, present = {}, {}, {}
-        b = len(idx)
-        fixed = {s: n for s, (k, n) in self.length.items() if k in ("pad", "resample")}
-        for s in self.stream_names:
-            seqs = feats[s]
-            lengths = [0 if f is None else len(f) for f in seqs]
-            t = fixed.get(s) or max(1, *lengths)
-            shape = (
-                (self.info[s].layers, self.info[s].dim) if self.info[s].layers > 1 else (self.info[s].dim,)
-            )
-            x = np.zeros((b, t, *shape), np.float32)
-            m = np.zeros((b, t), bool)
-            for j, f in enumerate(seqs):
-                if f is not None and len(f):
-                    x[j, : len(f)] = norm(s, f)
-                    m[j, : len(f)] = True
-            inputs[s], masks[s] = torch.from_numpy(x), torch.from_numpy(m)
-            present[s] = torch.tensor([n > 0 for n in lengths])
-        rows = self.rows[idx]
-        tv = self.targets_all
-        if tgts is not None:
-            t = max(max(x.shape[1] for x in inputs.values()), *(len(f) for f in tgts))
-            k = () if tv.task == "multiclass" else (tv.n_outputs,)
-            y = np.zeros((b, t, *k), np.int64 if tv.task == "multiclass" else np.float32)
-            tm = np.zeros((b, t), bool)
-            if tv.task == "multiclass":
-                y[:] = -1
-            for j, f in enumerate(tgts):
-                y[j, : len(f)] = f
-                ok = f >= 0 if tv.task == "multiclass" else np.isfinite(f).all(-1)
-                tm[j, : len(f)] = ok
-            y = np.nan_to_num(y) if y.dtype != np.int64 else y
-            targets, tmask = torch.from_numpy(y), torch.from_numpy(tm)
-        else:
-            v = tv.values[rows]
-            if tv.task != "multiclass":
-                v = np.nan_to_num(v)
-            targets = torch.as_tensor(v, dtype=torch.long if tv.task == "multiclass" else torch.float32)
-            tmask = torch.ones(b, dtype=torch.bool)
-        return Batch(
-            ids=[str(self.ids[i]) for i in idx],
-            index=np.asarray(idx),
-            inputs=inputs,
-            masks=masks,
-            present=present,
-            targets=targets,
-            target_mask=tmask,
-        )
+        return collate(self, np.asarray(idx), feats, tgts, norm or self.normalizer)

@@ -4,9 +4,11 @@ Reproducible by construction: the seed fixes model initialisation, batch order a
 resampling (a private ``torch.Generator``); deterministic algorithms are requested;
 the resolved configuration is written next to the metrics. Model selection and early
 stopping read the dev split only; the test split is predicted once, after training,
-with the selected weights. ``RUN/last.pt`` is written after every epoch, so an
-interrupted run resumes (``resume=True``) where it stopped and ends bit-identical to
-an uninterrupted one.
+with the selected weights. ``RUN/checkpoint/`` is written atomically after every epoch
+(:mod:`avx.fuse.checkpoint`), so an interrupted run, even one killed mid-write, resumes
+(``resume=True``) where it stopped and ends bit-identical to an uninterrupted one. The
+finished run is written by :meth:`FusionRun.save_pretrained`
+(:mod:`avx.fuse.run_folder`): JSON and safetensors, no pickle.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from avx.fuse.tasks import (
     resampling_weights,
     tune_threshold,
 )
-from avx.serialization import write_json
+from avx.serialization import to_dict, write_json
 from avx.store_schema import open_store
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS", "TrainConfig", "Trainer", "train"]
@@ -176,7 +178,8 @@ class Trainer:
         card = METHODS.get(config.method)
         self.gen = seed_everything(config.seed)
         self.store = open_store(config.store)
-        self.data = FusionData(self.store, config.data, align=card.needs_alignment)
+        self.data = FusionData(self.store, config.data, align=card.needs_alignment).load()
+        self.data.normalizer = self.data.fit_normalizer()  # training split only
         self.task = TaskSpec(config.data.task, len(self.data.names), self.data.frame_level)
         self.model = create_method(config.method, self.data.info, self.task, **config.method_config)
         self.model.to(config.device)
@@ -412,8 +415,7 @@ class Trainer:
 
 
 def _method_config(model: FusionMethod) -> dict[str, Any]:
-    from avx.serialization import to_dict
-
+    """The method's full resolved config (defaults included), as ``config.json`` records it."""
     return to_dict(model.config)
 
 

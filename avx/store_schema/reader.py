@@ -51,7 +51,7 @@ class Stream(Mapping[str, np.ndarray]):
     def __init__(self, group: zarr.Group, name: str, sample_ids: np.ndarray) -> None:
         self.group, self.name = group, name
         self.spec = StreamSpec.from_attrs(group.attrs[S.STREAM_ATTR])
-        self.index = np.asarray(group[S.INDEX][...])
+        self.index = S.StreamIndex(group[S.INDEX][...])
         self._ids = sample_ids
         self._row = {sid: i for i, sid in enumerate(sample_ids)}
         self._parts: dict[int, zarr.Group] = {}
@@ -67,16 +67,17 @@ class Stream(Mapping[str, np.ndarray]):
 
     @cached_property
     def committed_ids(self) -> list[str]:
-        rows = np.flatnonzero(self.index[:, 0] == S.Status.COMMITTED)
+        rows = np.flatnonzero(self.index.committed())
         return [str(self._ids[r]) for r in rows]
 
     @property
     def notes(self) -> dict[str, str]:
         """Committed sample id -> what was done to its input (e.g. "resampled 8000 -> 16000 Hz")."""
         out: dict[str, str] = {}
-        for key in sorted({int(k) for k in self.index[self.index[:, 0] == S.Status.COMMITTED, 1]}):
+        idx = self.index
+        for key in sorted({int(k) for k in idx.part[idx.committed()]}):
             for r, note in self._part(key).attrs.get("notes", {}).items():
-                if self.index[int(r), 0] == S.Status.COMMITTED and self.index[int(r), 1] == key:
+                if idx.status[int(r)] == S.Status.COMMITTED and idx.part[int(r)] == key:
                     out[str(self._ids[int(r)])] = note
         return out
 
@@ -84,16 +85,16 @@ class Stream(Mapping[str, np.ndarray]):
     def failures(self) -> dict[str, str]:
         """Failed sample id -> reason."""
         out: dict[str, str] = {}
-        for r in np.flatnonzero(self.index[:, 0] == S.Status.FAILED):
-            part = self._part(int(self.index[r, 1]))
+        for r in np.flatnonzero(self.index.failed()):
+            part = self._part(int(self.index.part[r]))
             out[str(self._ids[r])] = part.attrs["failures"].get(str(r), "")
         return out
 
     def status(self, sample_id: str) -> S.Status:
-        return S.Status(int(self.index[self._row_of(sample_id), 0]))
+        return S.Status(int(self.index.status[self._row_of(sample_id)]))
 
     def counts(self) -> dict[str, int]:
-        st = self.index[:, 0]
+        st = self.index.status
         return {s.name.lower(): int((st == s).sum()) for s in S.Status}
 
     # -- data ---------------------------------------------------------------------
@@ -109,10 +110,10 @@ class Stream(Mapping[str, np.ndarray]):
         return self._parts[k]
 
     def _locate(self, sample_id: str) -> tuple[zarr.Group, int, int]:
-        status, k, a, b = self.index[self._row_of(sample_id)]
+        status, k, a, b = self.index.row(self._row_of(sample_id))
         if status != S.Status.COMMITTED:
-            raise KeyError(f"sample '{sample_id}' is {S.Status(int(status)).name.lower()} in '{self.name}'")
-        return self._part(int(k)), int(a), int(b)
+            raise KeyError(f"sample '{sample_id}' is {status.name.lower()} in '{self.name}'")
+        return self._part(k), a, b
 
     def field(self, sample_id: str, name: str = S.DATA) -> np.ndarray:
         """One per-frame array (``data``, ``timestamps`` or a declared field) of a sample."""
@@ -133,7 +134,7 @@ class Stream(Mapping[str, np.ndarray]):
 
     def __contains__(self, sample_id: object) -> bool:
         row = self._row.get(sample_id)  # type: ignore[arg-type]
-        return row is not None and self.index[row, 0] == S.Status.COMMITTED
+        return row is not None and self.index.status[row] == S.Status.COMMITTED
 
     def read_many(self, sample_ids: Sequence[str], name: str = S.DATA) -> list[np.ndarray]:
         """Many samples at once, reading each part's covering range in one request.
@@ -144,10 +145,10 @@ class Stream(Mapping[str, np.ndarray]):
         out: list[np.ndarray | None] = [None] * len(sample_ids)
         by_part: dict[int, list[tuple[int, int, int]]] = {}
         for i, sid in enumerate(sample_ids):
-            status, k, a, b = self.index[self._row_of(sid)]
+            status, k, a, b = self.index.row(self._row_of(sid))
             if status != S.Status.COMMITTED:
-                raise KeyError(f"sample '{sid}' is {S.Status(int(status)).name.lower()} in '{self.name}'")
-            by_part.setdefault(int(k), []).append((i, int(a), int(b)))
+                raise KeyError(f"sample '{sid}' is {status.name.lower()} in '{self.name}'")
+            by_part.setdefault(k, []).append((i, a, b))
         for k, items in by_part.items():
             lo = min(a for _, a, _ in items)
             hi = max(b for _, _, b in items)

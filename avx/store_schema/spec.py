@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import numpy as np
+
 SCHEMA_VERSION = 2
 """Bumped on any change an older reader could misread; readers refuse other versions.
 
@@ -62,6 +64,71 @@ INDEX_COLUMNS = ("status", "part", "start", "stop")
 inside that part's arrays. The whole index is one chunk, so rewriting it is a single
 atomic file replacement: that write is the commit point of a part.
 """
+
+
+class StreamIndex:
+    """Named columns over a stream's ``index`` array, so no code indexes it by number.
+
+    ``status``, ``part``, ``start`` and ``stop`` are views of the ``[n_samples, 4]``
+    int64 array (writing into them writes the array); ``array`` is the array itself,
+    what the store holds. Row ``r`` of a sample is its position in ``samples``.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        array = np.asarray(array, dtype=np.int64)
+        if array.ndim != 2 or array.shape[1] != len(INDEX_COLUMNS):
+            raise ValueError(f"a stream index is [n_samples, {len(INDEX_COLUMNS)}], got {array.shape}")
+        self.array = array
+
+    @classmethod
+    def empty(cls, n_samples: int) -> StreamIndex:
+        return cls(np.zeros((n_samples, len(INDEX_COLUMNS)), np.int64))
+
+    @property
+    def status(self) -> np.ndarray:
+        return self.array[:, 0]
+
+    @property
+    def part(self) -> np.ndarray:
+        return self.array[:, 1]
+
+    @property
+    def start(self) -> np.ndarray:
+        return self.array[:, 2]
+
+    @property
+    def stop(self) -> np.ndarray:
+        return self.array[:, 3]
+
+    @property
+    def frames(self) -> np.ndarray:
+        """Frames per sample (``stop - start``; 0 unless committed)."""
+        return self.stop - self.start
+
+    def committed(self) -> np.ndarray:
+        """Boolean mask of committed rows."""
+        return self.status == Status.COMMITTED
+
+    def failed(self) -> np.ndarray:
+        return self.status == Status.FAILED
+
+    def row(self, r: int) -> tuple[Status, int, int, int]:
+        """``(status, part, start, stop)`` of row ``r``."""
+        st, k, a, b = (int(v) for v in self.array[r])
+        return Status(st), k, a, b
+
+    def copy(self) -> StreamIndex:
+        return StreamIndex(self.array.copy())
+
+    def select(self, rows: np.ndarray) -> StreamIndex:
+        """The index restricted to ``rows`` (a copy)."""
+        return StreamIndex(self.array[rows])
+
+    def __len__(self) -> int:
+        return len(self.array)
+
 
 TARGET_CHUNK_BYTES = 4 * 2**20
 """Stream data is chunked along frames to roughly this many uncompressed bytes."""

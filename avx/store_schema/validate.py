@@ -71,24 +71,25 @@ def _validate_stream(root: zarr.Group, name: str, n: int, report: ValidationRepo
     if S.INDEX not in g or S.PARTS not in g:
         report.errors.append(f"stream {name}: no index or parts")
         return
-    index = np.asarray(g[S.INDEX][...])
-    if index.shape != (n, len(S.INDEX_COLUMNS)):
-        report.errors.append(f"stream {name}: index shape {index.shape}, expected {(n, 4)}")
+    raw = np.asarray(g[S.INDEX][...])
+    if raw.shape != (n, len(S.INDEX_COLUMNS)):
+        report.errors.append(f"stream {name}: index shape {raw.shape}, expected {(n, len(S.INDEX_COLUMNS))}")
         return
-    status = index[:, 0]
+    index = S.StreamIndex(raw)
+    status = index.status
     if not np.isin(status, [int(s) for s in S.Status]).all():
         report.errors.append(f"stream {name}: unknown status codes in index")
         return
     parts = g[S.PARTS]
     names = set(parts.group_keys())
-    used = sorted(set(index[status != S.Status.MISSING, 1].tolist()))
+    used = sorted(set(index.part[status != S.Status.MISSING].tolist()))
     for k in used:
         key = S.part_name(int(k))
         if key not in names:
             report.errors.append(f"stream {name}: index points to missing part {key}")
             continue
         part = parts[key]
-        rows = np.flatnonzero((index[:, 1] == k) & (status == S.Status.COMMITTED))
+        rows = np.flatnonzero((index.part == k) & index.committed())
         n_frames = int(part.attrs.get("n_frames", -1))
         arrays = {S.DATA: spec.frame_shape, S.TIMESTAMPS: ()}
         arrays.update({f: tuple(fs["shape"]) for f, fs in spec.fields.items()})
@@ -107,7 +108,7 @@ def _validate_stream(root: zarr.Group, name: str, n: int, report: ValidationRepo
             _check_chunks(arr, what, report, deep)
         if arrays and S.DATA in part and str(part[S.DATA].dtype) != spec.dtype:
             report.errors.append(f"stream {name} part {key}: dtype {part[S.DATA].dtype} != {spec.dtype}")
-        spans = sorted((int(index[r, 2]), int(index[r, 3])) for r in rows)
+        spans = sorted((int(index.start[r]), int(index.stop[r])) for r in rows)
         pos = 0
         for a, b in spans:
             if a != pos or b < a:

@@ -421,7 +421,7 @@ class StreamWriter:
                 fill_value=0,
                 attributes={"columns": list(S.INDEX_COLUMNS)},
             )
-        self.index = np.asarray(self.group[S.INDEX][...])
+        self.index = S.StreamIndex(self.group[S.INDEX][...])
         self._parts = self.group[S.PARTS]
         self._remove_orphans()
         existing = [int(k) for k in self._parts.group_keys()]
@@ -432,7 +432,7 @@ class StreamWriter:
 
     def _remove_orphans(self) -> None:
         """Delete parts no index row references: leftovers of a crash before commit."""
-        referenced = set(self.index[self.index[:, 0] != S.Status.MISSING, 1].tolist())
+        referenced = set(self.index.part[self.index.status != S.Status.MISSING].tolist())
         for key in list(self._parts.group_keys()):
             if int(key) not in referenced:
                 del self._parts[key]
@@ -444,7 +444,7 @@ class StreamWriter:
         return k
 
     def status(self, row: int) -> S.Status:
-        return S.Status(int(self.index[row, 0]))
+        return S.Status(int(self.index.status[row]))
 
     def todo(self, rows: list[int], *, retry_failed: bool = False) -> list[int]:
         """The subset of ``rows`` this stream still needs."""
@@ -486,10 +486,12 @@ class StreamWriter:
             return
         index = self.index.copy()
         for row, a, b in result.entries:
-            index[row] = (S.Status.COMMITTED, result.part, a, b)
+            index.status[row], index.part[row], index.start[row], index.stop[row] = (
+                S.Status.COMMITTED, result.part, a, b,
+            )  # fmt: skip
         for r in result.failures:
-            index[r] = (S.Status.FAILED, result.part, 0, 0)
-        self.group[S.INDEX][...] = index
+            index.status[r], index.part[r], index.start[r], index.stop[r] = S.Status.FAILED, result.part, 0, 0
+        self.group[S.INDEX][...] = index.array
         self.index = index
         self.committed_now += len(result.entries)
         self.failed_now += len(result.failures)

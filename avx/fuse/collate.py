@@ -1,0 +1,71 @@
+"""Collation: processed samples padded into a :class:`~avx.fuse.datatypes.Batch`.
+
+The last of the three steps from a store to batches (:mod:`avx.fuse.selection` decides
+what, :mod:`avx.fuse.data` reads and normalises).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avx.fuse.datatypes import Batch, Normalizer
+from avx.fuse.selection import Selection
+
+
+def collate(
+    sel: Selection, idx: np.ndarray, feats: dict[str, list], tgts: list | None, norm: Normalizer
+) -> Batch:
+    """Pad processed samples ``idx`` (positions in ``sel.ids``) into a :class:`Batch`.
+
+    Features are normalised with ``norm``, padded at the end to the longest sample (or
+    to a ``pad:N``/``resample:N`` length), with masks of the real frames and a presence
+    flag per stream; targets come per sequence from the selection or per frame from
+    ``tgts`` (-1 / NaN frames are masked out).
+    """
+    inputs, masks, present = {}, {}, {}
+    b = len(idx)
+    fixed = {s: n for s, (k, n) in sel.length.items() if k in ("pad", "resample")}
+    for s in sel.stream_names:
+        seqs = feats[s]
+        lengths = [0 if f is None else len(f) for f in seqs]
+        t = fixed.get(s) or max(1, *lengths)
+        shape = (sel.info[s].layers, sel.info[s].dim) if sel.info[s].layers > 1 else (sel.info[s].dim,)
+        x = np.zeros((b, t, *shape), np.float32)
+        m = np.zeros((b, t), bool)
+        for j, f in enumerate(seqs):
+            if f is not None and len(f):
+                x[j, : len(f)] = norm(s, f)
+                m[j, : len(f)] = True
+        inputs[s], masks[s] = torch.from_numpy(x), torch.from_numpy(m)
+        present[s] = torch.tensor([n > 0 for n in lengths])
+    rows = sel.rows[idx]
+    tv = sel.targets_all
+    if tgts is not None:
+        t = max(max(x.shape[1] for x in inputs.values()), *(len(f) for f in tgts))
+        k = () if tv.task == "multiclass" else (tv.n_outputs,)
+        y = np.zeros((b, t, *k), np.int64 if tv.task == "multiclass" else np.float32)
+        tm = np.zeros((b, t), bool)
+        if tv.task == "multiclass":
+            y[:] = -1
+        for j, f in enumerate(tgts):
+            y[j, : len(f)] = f
+            ok = f >= 0 if tv.task == "multiclass" else np.isfinite(f).all(-1)
+            tm[j, : len(f)] = ok
+        y = np.nan_to_num(y) if y.dtype != np.int64 else y
+        targets, tmask = torch.from_numpy(y), torch.from_numpy(tm)
+    else:
+        v = tv.values[rows]
+        if tv.task != "multiclass":
+            v = np.nan_to_num(v)
+        targets = torch.as_tensor(v, dtype=torch.long if tv.task == "multiclass" else torch.float32)
+        tmask = torch.ones(b, dtype=torch.bool)
+    return Batch(
+        ids=[str(sel.ids[i]) for i in idx],
+        index=np.asarray(idx),
+        inputs=inputs,
+        masks=masks,
+        present=present,
+        targets=targets,
+        target_mask=tmask,
+    )

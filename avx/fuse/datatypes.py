@@ -1,0 +1,143 @@
+"""The data layer's vocabulary: what a run selects (:class:`DataConfig`), what a method
+is told about each input (:class:`StreamInfo`), what it receives (:class:`Batch`), and
+the training-split normaliser. Shared by selection (:mod:`avx.fuse.selection`), loading
+(:mod:`avx.fuse.data`) and collation (:mod:`avx.fuse.collate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from avx.errors import AvxError, UnknownNameError
+
+DEMOGRAPHICS = ("sex", "race", "age_group")
+BLOCK_SAMPLES = 512
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a run uses (saved in ``RUN/config.json``).
+
+    Attributes:
+        streams: store streams, optionally with layers: ``audio/wavlm-large@all``.
+        labels: label source (see :mod:`avx.fuse.targets`).
+        task: ``multiclass``, ``multilabel`` or ``regression``.
+        level: ``auto``, ``sequence`` or ``frame`` targets for dimensional labels.
+        bins: thresholds for binning a dimension into 3 classes.
+        soft_targets: multilabel targets are the vote distribution, not multi-hot.
+        protocol / fold: stored evaluation protocol (None = the store's default).
+        length: length policies, ``POLICY`` for all streams or ``STREAM=POLICY``.
+        align: None, ``labels``, a stream name or ``rate:R``.
+        memory_gb: read everything once when the selection is smaller than this.
+        groups: sample columns used for fairness metrics (``age_group`` is derived).
+    """
+
+    streams: tuple[str, ...]
+    labels: str = "av"
+    task: str = "multiclass"
+    level: str = "auto"
+    bins: tuple[float, float] = (-0.05, 0.05)
+    soft_targets: bool = False
+    protocol: str | None = None
+    fold: int = 0
+    length: tuple[str, ...] = ()
+    align: str | None = None
+    memory_gb: float = 8.0
+    groups: tuple[str, ...] = DEMOGRAPHICS
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a method needs to know about one input: feature size, layers, modality."""
+
+    dim: int
+    layers: int = 1
+    modality: str = "audio"
+
+
+@dataclass
+class Batch:
+    """A padded batch. ``inputs[s]`` is ``[B, T, D]`` (``[B, T, L, D]`` with layers)."""
+
+    ids: list[str]
+    index: np.ndarray
+    inputs: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]  # [B, T] bool, True = real frame
+    present: dict[str, torch.Tensor]  # [B] bool
+    targets: torch.Tensor  # [B] | [B, K] | [B, T] | [B, T, K]
+    target_mask: torch.Tensor  # [B] | [B, T] bool
+    # Frames a test-time perturbation corrupted, per stream ([B, T] bool), for analyses.
+    corrupted: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: str | torch.device) -> Batch:
+        mv = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        return replace(
+            self,
+            inputs=mv(self.inputs),
+            masks=mv(self.masks),
+            present=mv(self.present),
+            targets=self.targets.to(device),
+            target_mask=self.target_mask.to(device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Normalizer:
+    """Per-dimension mean/std per stream, fitted on training frames only."""
+
+    mean: dict[str, np.ndarray] = field(default_factory=dict)
+    std: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, dict[str, list]]:
+        return {s: {"mean": self.mean[s].tolist(), "std": self.std[s].tolist()} for s in self.mean}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, dict[str, list]]) -> Normalizer:
+        return cls(
+            {s: np.asarray(v["mean"], np.float32) for s, v in d.items()},
+            {s: np.asarray(v["std"], np.float32) for s, v in d.items()},
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """``mean:STREAM`` / ``std:STREAM`` tensors, as ``normalizer.safetensors`` holds them."""
+        out = {f"mean:{s}": torch.as_tensor(v) for s, v in self.mean.items()}
+        out.update({f"std:{s}": torch.as_tensor(v) for s, v in self.std.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> Normalizer:
+        streams = [k.removeprefix("mean:") for k in t if k.startswith("mean:")]
+        return cls(
+            {s: t[f"mean:{s}"].numpy().astype(np.float32) for s in streams},
+            {s: t[f"std:{s}"].numpy().astype(np.float32) for s in streams},
+        )
+
+    def __call__(self, stream: str, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean[stream]) / self.std[stream]
+
+
+def parse_stream(spec: str) -> tuple[str, str | None]:
+    """``audio/wavlm@6+12`` -> (``audio/wavlm``, ``6+12``)."""
+    name, _, layers = spec.partition("@")
+    return name.strip(), (layers.strip() or None)
+
+
+def parse_length(policies: tuple[str, ...], streams: list[str]) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for item in policies:
+        target, _, pol = item.rpartition("=")
+        kind, _, n = pol.partition(":")
+        if kind not in ("truncate", "pad", "resample") or not n.isdigit() or int(n) < 1:
+            raise AvxError(f"bad length policy '{item}'; use truncate:N, pad:N or resample:N (N >= 1)")
+        hit = [s for s in streams if not target or s == target or s.split("/")[0] == target]
+        if not hit:
+            raise UnknownNameError("stream or modality in --length", target, streams)
+        for s in hit:
+            out[s] = (kind, int(n))
+    return out
