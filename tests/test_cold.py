@@ -275,6 +275,7 @@ def test_noise_on_a_fraction_corrupts_one_run_of_frames() -> None:
     assert torch.equal(changed, hit)
 
 
+@pytest.mark.slow
 def test_cli_preset_eval_predict_and_plot(demo_store: Path, tmp_path: Path) -> None:
     run = tmp_path / "cold"
     common = ["--store", demo_store, "--streams", ",".join(STREAMS)]
