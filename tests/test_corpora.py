@@ -62,6 +62,7 @@ def _joined(row: np.ndarray) -> str:
     return ":".join(c for c, on in zip(CLASS_CODES, row, strict=True) if on)
 
 
+@pytest.mark.slow
 def test_cremad_real_metadata_store_init_cli(cremad_meta_root: Path, tmp_path: Path) -> None:
     store = tmp_path / "cremad.zarr"
     proc = run_avx("store", "init", "--corpus", "cremad", "--root", cremad_meta_root, "--store", store)
