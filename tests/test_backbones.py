@@ -178,6 +178,7 @@ def test_checkpoint_mismatch_is_a_one_line_error_naming_the_file(tmp_path: Path)
         create_backbone("mobilenetv2", weights=str(junk))
 
 
+@pytest.mark.slow
 def test_emofan_outputs_features_expression_valence_arousal(tmp_path: Path) -> None:
     net = EmoNetModel(n_expression=5)
     state = _perturbed(net)

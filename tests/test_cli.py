@@ -48,6 +48,7 @@ def test_console_script_is_installed() -> None:
     assert {*required, "wav2vec2-large-robust"} <= set(names)
 
 
+@pytest.mark.slow
 def test_extract_list_shows_shapes_rates_and_weights() -> None:
     proc = run_avx("extract", "--list")
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
@@ -56,6 +57,7 @@ def test_extract_list_shows_shapes_rates_and_weights() -> None:
     assert "[T, 128]" in lines["vggish.cold"] and "10 Hz" in lines["vggish.cold"]
 
 
+@pytest.mark.slow
 def test_store_init_from_metadata_only(tmp_path: Path) -> None:
     store = tmp_path / "c.zarr"
     proc = run_avx("store", "init", "--corpus", "cremad", "--root", FIXTURES / "cremad", "--store", store)
