@@ -81,7 +81,3 @@ def load_checkpoint(
     model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     best = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
     return model, (best if p.get("has_best") else None), state
-
-
-def has_checkpoint(run: Path) -> bool:
-    return (run / FOLDER / "latest.json").exists()

@@ -48,8 +48,7 @@ from avx.fuse.evaluate import (
     weights_on_corrupted,
     write_predictions,
 )
-from avx.fuse.run_folder import FusionRun as LoadedRun
-from avx.fuse.run_folder import load_run
+from avx.fuse.run_folder import FusionRun, load_run
 from avx.fuse.runs import markdown
 
 
@@ -74,7 +73,7 @@ def streams_of(what: str, streams: list[str]) -> tuple[str, ...]:
 
 
 def build_settings(
-    run: LoadedRun,
+    run: FusionRun,
     *,
     missing: list[str] = (),
     noise: list[str] = (),

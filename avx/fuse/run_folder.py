@@ -58,13 +58,14 @@ def write_config(path: Path, cfg: TrainConfig, extras: dict[str, Any]) -> None:
     write_json(path / "config.json", {**_jsonable(to_dict(cfg)), **_jsonable(extras)})
 
 
-def read_config(path: Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """``(config, extras)`` from ``RUN/config.json``; an unknown key is an error naming the file."""
+def read_config(path: Path, *, strict: bool = True) -> tuple[TrainConfig, dict[str, Any]]:
+    """``(config, extras)`` from ``RUN/config.json``; an unknown key is an error naming the
+    file (``strict=False``: ignored, for configs of older avx versions being converted)."""
     f = path / "config.json"
     try:
         d = json.loads(f.read_text())
         extras = {k: d.pop(k) for k in EXTRAS if k in d}
-        return TrainConfig.from_dict(d), extras
+        return from_dict(TrainConfig, d, strict=strict), extras
     except (json.JSONDecodeError, TypeError, ValueError, AvxError) as e:
         raise AvxError(f"{f}: not an avx run config ({e})") from None
 
@@ -212,12 +213,10 @@ def convert_run(path: str | Path) -> list[str]:
     done: list[str] = []
     if (path / LEGACY_MODEL).exists():
         b = torch.load(path / LEGACY_MODEL, map_location="cpu", weights_only=False)
-        config, extras = _legacy_config(path)
+        config, extras = read_config(path, strict=False)
         inputs = {s: StreamInfo(**i) for s, i in b["inputs"].items()}
         method_cls = METHODS.get(b["method"]).cls
-        method_config = from_dict(
-            method_cls.config_class, to_dict(method_cls.config_class(**b["method_config"]))
-        )
+        method_config = method_cls.config_class(**b["method_config"])  # pickled: tuples intact
         model = create_method(b["method"], inputs, TaskSpec(**b["task"]), config=method_config)
         model.load_state_dict(b["state_dict"])
         run = FusionRun(
@@ -237,10 +236,3 @@ def convert_run(path: str | Path) -> list[str]:
     if not done:
         raise AvxError(f"{path}: nothing to convert (no model.pt or last.pt)")
     return done
-
-
-def _legacy_config(path: Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """An older ``config.json`` (lists where tuples were; extras mixed in) as config + extras."""
-    d = json.loads((path / "config.json").read_text())
-    extras = {k: d.pop(k) for k in EXTRAS if k in d}
-    return from_dict(TrainConfig, d, strict=False), extras

@@ -389,12 +389,16 @@ class Trainer:
         self.run().save_pretrained(self.out, extras=self.config_extras())
         return metrics
 
+    def resolved_config(self) -> TrainConfig:
+        """The config with the method's full config (defaults included), as ``config.json`` records it."""
+        return replace(self.cfg, method_config=to_dict(self.model.config))
+
     def run(self) -> FusionRun:
         """The trained run as :class:`~avx.fuse.run_folder.FusionRun` (what ``save_pretrained`` writes)."""
-        cfg = replace(self.cfg, method_config=_method_config(self.model))
         return FusionRun(
-            self.out, cfg, self.model, self.data.normalizer, self.threshold, list(self.data.names)
-        )
+            self.out, self.resolved_config(), self.model, self.data.normalizer, self.threshold,
+            list(self.data.names),
+        )  # fmt: skip
 
     def config_extras(self) -> dict[str, Any]:
         """What ``config.json`` records beside the config: run identity, stream provenance, versions."""
@@ -409,14 +413,7 @@ class Trainer:
         }
 
     def write_config(self) -> None:
-        write_config(
-            self.out, replace(self.cfg, method_config=_method_config(self.model)), self.config_extras()
-        )
-
-
-def _method_config(model: FusionMethod) -> dict[str, Any]:
-    """The method's full resolved config (defaults included), as ``config.json`` records it."""
-    return to_dict(model.config)
+        write_config(self.out, self.resolved_config(), self.config_extras())
 
 
 def _tensorboard(out: Path) -> Any:

@@ -82,10 +82,6 @@ class StreamIndex:
             raise ValueError(f"a stream index is [n_samples, {len(INDEX_COLUMNS)}], got {array.shape}")
         self.array = array
 
-    @classmethod
-    def empty(cls, n_samples: int) -> StreamIndex:
-        return cls(np.zeros((n_samples, len(INDEX_COLUMNS)), np.int64))
-
     @property
     def status(self) -> np.ndarray:
         return self.array[:, 0]
@@ -121,10 +117,6 @@ class StreamIndex:
 
     def copy(self) -> StreamIndex:
         return StreamIndex(self.array.copy())
-
-    def select(self, rows: np.ndarray) -> StreamIndex:
-        """The index restricted to ``rows`` (a copy)."""
-        return StreamIndex(self.array[rows])
 
     def __len__(self) -> int:
         return len(self.array)

@@ -302,10 +302,16 @@ class SfavLate(Sfav):
         self.fuse_a = TransformerBlock(a2, v2, h, c)  # audio queries, video keys/values
         self.fuse_v = TransformerBlock(v2, a2, h, c)
 
+    def attend(
+        self, ta: torch.Tensor, ma: torch.Tensor, tv: torch.Tensor, mv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stage-2 sequences after the crossmodal blocks."""
+        return self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
+
     def fuse_stage2(
         self, ta: torch.Tensor, ma: torch.Tensor, tv: torch.Tensor, mv: torch.Tensor
     ) -> torch.Tensor:
-        ta, tv = self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
+        ta, tv = self.attend(ta, ma, tv, mv)
         return super().fuse_stage2(ta, ma, tv, mv)
 
 
@@ -321,12 +327,11 @@ class SfavMult(SfavLate):
         self.self_a = TransformerBlock(a2, a2, h, c, cross=False)
         self.self_v = TransformerBlock(v2, v2, h, c, cross=False)
 
-    def fuse_stage2(
+    def attend(
         self, ta: torch.Tensor, ma: torch.Tensor, tv: torch.Tensor, mv: torch.Tensor
-    ) -> torch.Tensor:
-        ta, tv = self.fuse_a(ta, ma, tv, mv), self.fuse_v(tv, mv, ta, ma)
-        ta, tv = self.self_a(ta, ma, ta, ma), self.self_v(tv, mv, tv, mv)
-        return Sfav.fuse_stage2(self, ta, ma, tv, mv)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ta, tv = super().attend(ta, ma, tv, mv)
+        return self.self_a(ta, ma, ta, ma), self.self_v(tv, mv, tv, mv)
 
 
 class SfavIntermediate(Sfav):
