@@ -133,6 +133,74 @@ def _typed(tp: Any, v: Any, where: str) -> Any:
     return v
 
 
+def with_options(config: T, options: Mapping[str, Any], where: str) -> T:
+    """``config`` (a frozen config dataclass) with ``options`` applied, typed by its annotations.
+
+    Values may be typed already or be command-line text (``--opt hop=0.1``): text is
+    parsed by the field's annotation (``true``/``false`` for bools, ``none`` for an
+    optional field, commas for tuples), so ``--opt`` and a recorded config give the
+    same object. An unknown key is an error naming ``where`` and the valid keys.
+    """
+    hints = get_type_hints(type(config))
+    valid = [f.name for f in dataclasses.fields(config)]  # type: ignore[arg-type]
+    if unknown := set(options) - set(valid):
+        raise AvxError(f"{where}: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    changes = {}
+    for k, v in options.items():
+        read = _from_text if isinstance(v, str) else _typed
+        try:
+            changes[k] = read(hints[k], v, f"{where}: option {k}")
+        except (TypeError, ValueError) as e:
+            raise AvxError(str(e)) from None
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _from_text(tp: Any, text: str, where: str) -> Any:
+    """Command-line text converted to annotation ``tp``."""
+    origin, args = get_origin(tp), get_args(tp)
+    t = text.strip()
+    if origin in (Union, types.UnionType):
+        if t.lower() in ("none", "null") and type(None) in args:
+            return None
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _from_text(a, t, where)
+            except (TypeError, ValueError, AvxError):
+                continue
+        raise ValueError(f"{where}: cannot read {text!r} as {tp}")
+    if origin is tuple or origin in (list, typing.List):  # noqa: UP006
+        items = [x.strip() for x in t.strip("[]()").split(",") if x.strip()]
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(items):
+                raise ValueError(f"{where}: expected {len(args)} comma-separated values, got {text!r}")
+            return tuple(_from_text(a, x, where) for a, x in zip(args, items, strict=True))
+        parsed = [_from_text(args[0] if args else str, x, where) for x in items]
+        return tuple(parsed) if origin is tuple else parsed
+    if tp is bool:
+        if t.lower() in _TRUE | _FALSE:
+            return t.lower() in _TRUE
+        raise ValueError(f"{where}: expected true or false, got {text!r}")
+    if tp is int:
+        try:
+            return int(t)
+        except ValueError:
+            raise ValueError(f"{where}: expected an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(t)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got {text!r}") from None
+    if tp is str or origin is Literal:
+        return _typed(tp, t, where)
+    try:
+        return _typed(tp, json.loads(t), where)
+    except json.JSONDecodeError:
+        return _typed(tp, t, where)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write(path, json.dumps(obj, indent=2).encode())

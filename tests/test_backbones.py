@@ -17,7 +17,9 @@ from avx.errors import AvxError, MediaError
 from avx.extract.backbones import create_backbone
 from avx.extract.backbones.efficientface import EfficientFaceNet
 from avx.extract.backbones.emofan import EmoNetModel
+from avx.extract.backbones.mfcc import MFCCConfig
 from avx.extract.backbones.vggish import PATCH_SECONDS, VGGishNet, log_mel, mel_matrix
+from avx.extract.run import _stream_spec
 from tests.tiny_models import save_speech_model, save_text_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM-INIT", "ignore:.*pickled model")
@@ -149,6 +151,40 @@ def test_efficientface_input_normalisation_presets() -> None:
     mean, std = np.array([0.554, 0.435, 0.382]), np.array([0.248, 0.216, 0.202])
     assert np.allclose(a[0, :, 0, 0].numpy(), (px - mean) / std, atol=1e-6)
     assert bgr.provenance()["preprocess"]["color"] == "BGR" and bgr.stream_name == "video/efficientface.sfav"
+
+
+def test_options_become_the_config_that_provenance_records() -> None:
+    """``--opt`` text is typed by the config's annotations; the stream's provenance holds
+    the whole config, and the rebuild reads it rather than the name's defaults."""
+    b = create_backbone("mfcc.sfav", options={"n_mfcc": "12", "center": "false", "fmax": "none"})
+    assert b.config == MFCCConfig(22_050, 12, 2048, 2048, 512, 128, 0.0, None, False)
+    prov = _stream_spec(b, None, {}).provenance
+    assert prov["config"]["n_mfcc"] == 12 and prov["options"] == {
+        "n_mfcc": "12",
+        "center": "false",
+        "fmax": "none",
+    }
+    again = create_backbone({**prov, "options": {}})  # the config alone rebuilds it
+    assert again.config == b.config and again.name == "mfcc.sfav"
+    tuple_opt = create_backbone("efficientface", weights="none", options={"mean": "0.5, 0.5, 0.5"})
+    assert tuple_opt.config.mean == (0.5, 0.5, 0.5) and tuple_opt.preprocess.std == (0.248, 0.216, 0.202)
+    for opts, msg in (
+        ({"hopp": "1"}, r"vggish: unknown option\(s\) \['hopp'\]; valid: \['hop', 'postprocess', 'relu'\]"),
+        ({"hop": "fast"}, "vggish: option hop: expected a number, got 'fast'"),
+        ({"relu": "maybe"}, "vggish: option relu: expected true or false, got 'maybe'"),
+    ):
+        with pytest.raises(AvxError, match=msg):
+            create_backbone("vggish", weights="none", options=opts)
+    with pytest.raises(AvxError, match=r"efficientface: option color: 'HSV' is not one of \('RGB', 'BGR'\)"):
+        create_backbone("efficientface", weights="none", options={"color": "HSV"})
+
+
+def test_streams_recorded_before_configs_rebuild_from_their_options() -> None:
+    """Provenance written by an avx that recorded ``options`` but no ``config``."""
+    legacy = {"backbone": "efficientface", "weights": "random-init", "options": {"color": "sfav"}}
+    b = create_backbone(legacy)
+    assert b.config == create_backbone("efficientface.sfav", weights="none").config
+    assert b.preprocess.color == "BGR" and b.preprocess.mean is None
 
 
 def test_efficientface_needs_weights_or_explicit_none() -> None:

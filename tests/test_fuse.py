@@ -460,7 +460,7 @@ def test_occlusion_rebuilds_the_backbone_with_its_recorded_options(
         "--fps", "5", "--min-face-size", "40",
     )  # fmt: skip
     prov = open_store(store).stream("video/efficientface").provenance
-    assert prov["options"] == {"color": "sfav"}
+    assert prov["options"] == {"color": "sfav"} and prov["config"]["color"] == "BGR"
     rebuilt = create_backbone(prov)
     assert rebuilt.preprocess.color == "BGR" and rebuilt.provenance()["preprocess"] == prov["preprocess"]
     plain = create_backbone("efficientface", weights="none")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,12 @@ from avx.extract.backbones import (
     create_backbone,
     list_backbones,
 )
+from avx.extract.run import _stream_spec
 from avx.fuse.data import Batch, StreamInfo
 from avx.fuse.methods import METHODS, create_method
 from avx.fuse.methods.base import TaskSpec
 from avx.fuse.tasks import Objective
+from avx.serialization import to_dict
 from tests.conftest import run_avx
 from tests.tiny_models import save_speech_model, save_text_model
 
@@ -66,6 +69,29 @@ def test_every_backbone_produces_its_declared_frames(name: str, hf_folders: dict
         assert f"{b.frame_shape[-1]}]" in card.shape.replace(" ", ""), (card.shape, b.frame_shape)
     prov = b.provenance()
     assert prov["backbone"] == name and ("weights_sha256" in prov or name == "faces")
+    assert isinstance(b.config, b.config_class) and b.config == _configured(card.config, b.config)
+    feats = _run(b)
+    # The stream records the whole config; rebuilding from that provenance gives the same
+    # extractor: same config, same provenance, the same weights (or features).
+    stream_prov = _stream_spec(b, None, {}).provenance
+    assert stream_prov["config"] == to_dict(b.config)
+    again = create_backbone(stream_prov)
+    assert type(again) is type(b) and again.config == b.config and again.provenance() == prov
+    if isinstance(getattr(b, "model", None), torch.nn.Module):
+        mine, theirs = b.model.state_dict(), again.model.state_dict()  # type: ignore[attr-defined]
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    elif feats is not None:
+        np.testing.assert_array_equal(_run(again), feats)
+
+
+def _configured(default: object, built: object) -> object:
+    """The card's config, with what a backbone learns from its weights (EmoFAN's head size)."""
+    learned = {k: getattr(built, k) for k in ("n_expression", "layers") if hasattr(default, k)}
+    return replace(default, **learned)  # type: ignore[type-var]
+
+
+def _run(b: object) -> np.ndarray | None:
+    """Features of ``b`` on a fixed input, checked against its declared shapes."""
     rng = np.random.default_rng(0)
     if isinstance(b, AudioBackbone):
         wav = rng.standard_normal(b.sample_rate * 2).astype(np.float32)
@@ -75,16 +101,19 @@ def test_every_backbone_produces_its_declared_frames(name: str, hf_folders: dict
         if b.frame_rate is not None:
             # two seconds of audio, less the span of one analysis window
             assert 2 * b.frame_rate - 10 <= len(feats) <= 2 * b.frame_rate + 3
-    elif isinstance(b, TextBackbone):
+        return feats
+    if isinstance(b, TextBackbone):
         feats, ts = b("It's eleven o'clock")
         assert feats.shape[1:] == b.frame_shape and np.isfinite(feats).all()
-    elif isinstance(b, VisualBackbone):
+        return feats
+    if isinstance(b, VisualBackbone):
         faces = rng.integers(0, 255, (3, b.crop_size, b.crop_size, 3), dtype=np.uint8)
         feats, fields = b(faces)
         assert feats.shape == (3, *b.frame_shape) and np.isfinite(feats).all()
         assert set(fields) == set(b.fields)
-    else:
-        assert b.stream_name == "faces"
+        return feats
+    assert b.stream_name == "faces"  # type: ignore[attr-defined]
+    return None
 
 
 @pytest.mark.parametrize("name", METHODS.names())

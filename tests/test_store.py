@@ -22,6 +22,7 @@ from avx.store_schema import (
     open_store,
     validate_store,
 )
+from avx.store_schema.writer import spec_mismatch
 from avx.store_schema.zarrio import open_root
 
 N = 10
@@ -115,6 +116,19 @@ def test_resume_skips_done_and_refuses_other_settings(store: Path) -> None:
     other = StreamSpec(**{**SPEC.__dict__, "provenance": {**SPEC.provenance, "hop": 320}})
     with pytest.raises(StoreError, match="provenance 'hop' is 160 in the store, 320 now"):
         StreamWriter(open_root(store, writable=True), other)
+
+
+def test_streams_written_before_configs_were_recorded_still_resume(store: Path) -> None:
+    """Provenance without ``config`` (older avx) resumes under a newer avx that records
+    one; once a stream has a config, a different config is refused like any setting."""
+    _write(store, range(4))
+    newer = StreamSpec(**{**SPEC.__dict__, "provenance": {**SPEC.provenance, "config": {"hop": 160}}})
+    w = StreamWriter(open_root(store, writable=True), newer)
+    assert w.todo(list(range(N))) == list(range(4, N))
+    assert spec_mismatch(newer, newer) is None
+    other = StreamSpec(**{**SPEC.__dict__, "provenance": {**SPEC.provenance, "config": {"hop": 320}}})
+    assert spec_mismatch(newer, other) == "provenance 'config' is {'hop': 160} in the store, {'hop': 320} now"
+    assert spec_mismatch(other, SPEC) is not None  # a config may not be dropped either
 
 
 def test_float16_overflow_is_refused(store: Path) -> None:

@@ -58,6 +58,7 @@ from avx.extract.backbones import (
 from avx.extract.backbones.base import Runtime
 from avx.extract.faces import FACE_FIELDS, FaceConfig, FacePipeline
 from avx.extract.media import Audio, decode_audio, iter_frames, resample
+from avx.serialization import to_dict
 from avx.store_schema import spec as S
 from avx.store_schema.locks import lock_streams
 from avx.store_schema.reader import Stream
@@ -197,6 +198,7 @@ def _stream_spec(b: Backbone, dtype: str | None, extra: dict[str, Any]) -> Strea
         layer_axis=b.layer_axis,
         provenance={
             **prov,
+            "config": to_dict(b.config),  # create_backbone(provenance) rebuilds from it
             **({"options": b.options} if b.options else {}),
             **extra,
             "dtype": dt,

@@ -241,6 +241,11 @@ class StreamSpec:
 VOLATILE_PROVENANCE = {"created"}
 """Provenance keys that may differ on resume (who/when); each run is listed in ``history``."""
 
+ADDED_PROVENANCE = {"config"}
+"""Provenance keys newer avx records on top of what older avx did (the backbone's whole
+config). A stream written without one still resumes: its other keys already describe
+every setting, and those are compared."""
+
 
 def spec_mismatch(old: StreamSpec, new: StreamSpec) -> str | None:
     """Why a stream written with ``old`` cannot be continued with ``new`` (None: it can)."""
@@ -248,7 +253,8 @@ def spec_mismatch(old: StreamSpec, new: StreamSpec) -> str | None:
     for key in sorted(set(a) | set(b)):
         if key == "provenance":
             pa, pb = a[key], b[key]
-            for pk in sorted((set(pa) | set(pb)) - VOLATILE_PROVENANCE):
+            added = {k for k in ADDED_PROVENANCE if k not in pa}
+            for pk in sorted((set(pa) | set(pb)) - VOLATILE_PROVENANCE - added):
                 if pa.get(pk) != pb.get(pk):
                     return f"provenance '{pk}' is {pa.get(pk)!r} in the store, {pb.get(pk)!r} now"
         elif a.get(key) != b.get(key):

@@ -1,7 +1,9 @@
 """What every backbone exposes, so the extraction loop never branches on its name.
 
-A backbone is built by a registered factory ``create(tag, weights, device, **options)``
-and returns features per frame:
+A backbone is a class built from its config, ``cls(config, weights=, runtime=, name=)``:
+``config`` is a frozen ``<Name>Config`` dataclass holding every setting that shapes the
+features (preprocessing included), so a stream's provenance can store it whole and
+``create_backbone(provenance)`` rebuild the same extractor. It returns features per frame:
 
 - audio backbones take a mono float32 waveform at their ``sample_rate``;
 - visual backbones take aligned face crops ``[T, S, S, 3]`` uint8 from the ``faces``
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from avx.errors import AvxError
+from avx.serialization import with_options
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,6 +39,10 @@ class Backbone(ABC):
     """Common surface of audio, visual and text backbones."""
 
     modality: ClassVar[str]
+    config_class: ClassVar[type]
+    """The ``<Name>Config`` dataclass this backbone is built from."""
+    config: Any
+    """The settings it was built with (recorded whole in the stream's provenance)."""
     name: str
     """Registry name (``mfcc``, ``mfcc.sfav``, ``wavlm-large``): the stream is ``<modality>/<name>``."""
     frame_shape: tuple[int, ...]
@@ -53,6 +60,11 @@ class Backbone(ABC):
     @property
     def stream_name(self) -> str:
         return f"{self.modality}/{self.name}"
+
+    @classmethod
+    def configure(cls, config: Any, options: Mapping[str, Any], *, where: str) -> Any:
+        """``config`` with the ``--opt`` ``options`` applied (a subclass may add shorthands)."""
+        return with_options(config, options, where)
 
     @abstractmethod
     def provenance(self) -> dict[str, Any]: ...
@@ -142,7 +154,8 @@ class ImagePreprocess:
     """How uint8 RGB crops become a network input (recorded in provenance).
 
     ``color="BGR"`` swaps the channels first (SFAV fed OpenCV-style BGR crops to
-    EfficientFace); ``mean``/``std`` of None skip that normalisation.
+    EfficientFace); ``mean``/``std`` of None skip that normalisation. Visual backbones'
+    configs extend this class, so its fields are ``--opt`` options of every one of them.
     """
 
     size: int = 224

@@ -8,7 +8,8 @@ AffectNet checkpoint (``{'state_dict': ...}`` saved from DataParallel, so keys c
 ``module.`` prefix), which therefore loads with ``strict=True`` apart from the
 classifier ``fc`` (7 or 8 AffectNet classes; not used for features).
 
-Input normalisation (``--opt color=...``):
+Input normalisation (:class:`EfficientFaceConfig`; ``--opt color=sfav`` is a shorthand
+for the whole SFAV input, ``--opt color=BGR`` etc. set single fields):
 
 - ``efficientface`` (default): RGB with AffectNet mean/std, how EfficientFace was
   trained: features from any other input are out of its training distribution;
@@ -18,6 +19,8 @@ Input normalisation (``--opt color=...``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,10 +33,18 @@ from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha
 
 AFFECTNET_MEAN = (0.554, 0.435, 0.382)
 AFFECTNET_STD = (0.248, 0.216, 0.202)
-PRESETS = {
-    "": ImagePreprocess(224, "RGB", 1 / 255, AFFECTNET_MEAN, AFFECTNET_STD),
-    "sfav": ImagePreprocess(224, "BGR", 1 / 255, None, None),
-}
+
+
+@dataclass(frozen=True)
+class EfficientFaceConfig(ImagePreprocess):
+    """Input preprocessing; the default is how EfficientFace was trained (RGB, AffectNet mean/std)."""
+
+    mean: tuple[float, float, float] | None = AFFECTNET_MEAN
+    std: tuple[float, float, float] | None = AFFECTNET_STD
+
+
+SFAV_INPUT = EfficientFaceConfig(color="BGR", mean=None, std=None)
+"""What SFAV's released code feeds EfficientFace: BGR / 255, no mean/std."""
 
 
 def _dw(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -177,17 +188,21 @@ class EfficientFaceNet(nn.Module):
 
 
 class EfficientFace(VisualBackbone):
+    config_class = EfficientFaceConfig
     frame_shape = (1024,)
     expects = "official EfficientFace AffectNet checkpoint (.pth.tar, {'state_dict'}, module. prefix)"
 
-    def __init__(self, tag: str, weights: str | None, runtime: Runtime, color: str | None = None) -> None:
-        self.name = f"efficientface.{tag}" if tag else "efficientface"
-        pre = PRESETS[tag]
-        if color is not None:
-            if color not in PRESETS:
-                raise AvxError(f"efficientface: unknown color '{color}'; valid: '' (RGB), sfav (BGR)")
-            pre = PRESETS[color]
-        self.preprocess, self.runtime = pre, runtime
+    def __init__(
+        self,
+        config: EfficientFaceConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "efficientface",
+    ) -> None:
+        self.name, self.config = name, config
+        self.preprocess = config
+        self.runtime = runtime = runtime or Runtime.create()
         unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         with seeded():
@@ -203,6 +218,15 @@ class EfficientFace(VisualBackbone):
         self.weights = src.provenance(sha, unpickled=unpickled)
         self.model = net.eval().to(runtime.device)
 
+    @classmethod
+    def configure(cls, config: Any, options: Mapping[str, Any], *, where: str) -> Any:
+        """``color=sfav`` (``color=`` for the default) selects a whole input preset,
+        the option SFAV users know; other values set the field."""
+        options = dict(options)
+        if options.get("color") in ("sfav", ""):
+            config = SFAV_INPUT if options.pop("color") == "sfav" else EfficientFaceConfig()
+        return super().configure(config, options, where=where)
+
     def provenance(self) -> dict[str, Any]:
         return {
             "backbone": self.name,
@@ -215,17 +239,11 @@ class EfficientFace(VisualBackbone):
         return self.model(x)
 
 
-def create(
-    tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
-) -> EfficientFace:
-    return EfficientFace(tag, weights, runtime or Runtime.create(), **opts)
-
-
 BACKBONES.register(
     BackboneCard(
         "efficientface",
-        create,
-        cls=EfficientFace,
+        EfficientFace,
+        EfficientFaceConfig(),
         shape="[T, 1024]",
         rate="face frames",
         paper="EfficientFace (Zhao et al., AAAI 2021); SFAV's visual front end",
@@ -235,9 +253,8 @@ BACKBONES.register(
 BACKBONES.register(
     BackboneCard(
         "efficientface.sfav",
-        create,
-        tag="sfav",
-        cls=EfficientFace,
+        EfficientFace,
+        SFAV_INPUT,
         shape="[T, 1024]",
         rate="face frames",
         weights=EfficientFace.expects + "; SFAV's BGR/255 input",

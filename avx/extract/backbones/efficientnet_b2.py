@@ -16,6 +16,7 @@ The classifier of any checkpoint is ignored, so heads of any size load.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,17 +34,30 @@ from avx.extract.weights import (
 )
 
 
+@dataclass(frozen=True)
+class EfficientNetB2Config(ImagePreprocess):
+    """Input preprocessing: 224×224 with ImageNet mean/std, as HSEmotion and VAVL used it."""
+
+
 class EfficientNetB2(VisualBackbone):
+    config_class = EfficientNetB2Config
     frame_shape = (1408,)
     expects = "HSEmotion enet_b2_8.pt, a timm/torchvision efficientnet_b2 state dict, or a timm hub id"
 
-    def __init__(self, weights: str | None, runtime: Runtime, size: int = 224) -> None:
+    def __init__(
+        self,
+        config: EfficientNetB2Config,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "efficientnet-b2",
+    ) -> None:
         import timm  # heavy imports stay out of `avx list backbones`
         from torchvision.models import efficientnet_b2
 
-        self.name = "efficientnet-b2"
-        self.preprocess = ImagePreprocess(int(size))
-        self.runtime = runtime
+        self.name, self.config = name, config
+        self.preprocess = config
+        self.runtime = runtime = runtime or Runtime.create()
         unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         sha: Any = None
@@ -92,17 +106,11 @@ class EfficientNetB2(VisualBackbone):
         return self.model(x).flatten(1)
 
 
-def create(
-    tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
-) -> EfficientNetB2:
-    return EfficientNetB2(weights, runtime or Runtime.create(), **opts)
-
-
 BACKBONES.register(
     BackboneCard(
         "efficientnet-b2",
-        create,
-        cls=EfficientNetB2,
+        EfficientNetB2,
+        EfficientNetB2Config(),
         shape="[T, 1408]",
         rate="face frames",
         paper="HSEmotion enet_b2_8 (Savchenko); VAVL's visual front end",

@@ -12,8 +12,9 @@ LLD frames are stamped at their window centre; a functionals frame at the clip c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,28 +23,38 @@ from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import AudioBackbone, Runtime
 
 SAMPLE_RATE = 16_000
-PRESETS = {
-    "": ("eGeMAPSv02", "LowLevelDescriptors"),
-    "functionals": ("eGeMAPSv02", "Functionals"),
-    "compare": ("ComParE_2016", "LowLevelDescriptors"),
-    "compare-functionals": ("ComParE_2016", "Functionals"),
-}
+
+
+@dataclass(frozen=True)
+class OpenSmileConfig:
+    """openSMILE's feature set and level (``opensmile.FeatureSet`` / ``FeatureLevel`` names)."""
+
+    feature_set: Literal["eGeMAPSv02", "ComParE_2016"] = "eGeMAPSv02"
+    level: Literal["LowLevelDescriptors", "Functionals"] = "LowLevelDescriptors"
 
 
 class OpenSmile(AudioBackbone):
+    config_class = OpenSmileConfig
     sample_rate = SAMPLE_RATE
     default_dtype = "float32"
     expects = "none (hand-crafted; needs the opensmile package)"
 
-    def __init__(self, tag: str) -> None:
+    def __init__(
+        self,
+        config: OpenSmileConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "egemaps",
+    ) -> None:
         try:
             import opensmile
         except ImportError:
             raise AvxError(
                 "egemaps: the opensmile package is not installed (pip install 'avx[opensmile]')"
             ) from None
-        self.name = f"egemaps.{tag}" if tag else "egemaps"
-        self.feature_set, self.level = PRESETS[tag]
+        self.name, self.config = name, config  # hand-crafted: ``weights`` is ignored
+        self.feature_set, self.level = config.feature_set, config.level
         self.smile = opensmile.Smile(
             feature_set=getattr(opensmile.FeatureSet, self.feature_set),
             feature_level=getattr(opensmile.FeatureLevel, self.level),
@@ -85,33 +96,35 @@ class OpenSmile(AudioBackbone):
         return feats, start + float(np.median(end - start)) / 2  # the last window may be cut short
 
 
-def create(
-    tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
-) -> OpenSmile:
-    if opts:
-        raise AvxError(f"egemaps: unknown option(s) {sorted(opts)}")
-    return OpenSmile(tag)
-
-
-_OPENSMILE = {
-    "cls": OpenSmile,
-    "paper": "openSMILE eGeMAPS v02 / ComParE 2016",
-    "licence": "openSMILE: research only",
-}
-BACKBONES.register(BackboneCard("egemaps", create, shape="[T, 25]", rate="100 Hz", **_OPENSMILE))
+_OPENSMILE = {"paper": "openSMILE eGeMAPS v02 / ComParE 2016", "licence": "openSMILE: research only"}
+BACKBONES.register(
+    BackboneCard("egemaps", OpenSmile, OpenSmileConfig(), shape="[T, 25]", rate="100 Hz", **_OPENSMILE)
+)
 BACKBONES.register(
     BackboneCard(
-        "egemaps.functionals", create, tag="functionals", shape="[1, 88]", rate="one per clip", **_OPENSMILE
+        "egemaps.functionals",
+        OpenSmile,
+        OpenSmileConfig(level="Functionals"),
+        shape="[1, 88]",
+        rate="one per clip",
+        **_OPENSMILE,
     )
 )
 BACKBONES.register(
-    BackboneCard("egemaps.compare", create, tag="compare", shape="[T, 65]", rate="100 Hz", **_OPENSMILE)
+    BackboneCard(
+        "egemaps.compare",
+        OpenSmile,
+        OpenSmileConfig(feature_set="ComParE_2016"),
+        shape="[T, 65]",
+        rate="100 Hz",
+        **_OPENSMILE,
+    )
 )
 BACKBONES.register(
     BackboneCard(
         "egemaps.compare-functionals",
-        create,
-        tag="compare-functionals",
+        OpenSmile,
+        OpenSmileConfig(feature_set="ComParE_2016", level="Functionals"),
         shape="[1, 6373]",
         rate="one per clip",
         **_OPENSMILE,

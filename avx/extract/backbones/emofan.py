@@ -17,6 +17,7 @@ anger, contempt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -127,14 +128,36 @@ class EmoNetModel(nn.Module):
         return {"features": h, "expression": out[:, :-2], "valence": out[:, -2], "arousal": out[:, -1]}
 
 
+@dataclass(frozen=True)
+class EmoFANConfig(ImagePreprocess):
+    """256×256 RGB in [0, 1] (no mean/std), and the expression head's size (5 or 8).
+
+    A checkpoint's head decides ``n_expression``; the field matters for random init.
+    """
+
+    size: int = 256
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    n_expression: int = 8
+
+
 class EmoFAN(VisualBackbone):
+    config_class = EmoFANConfig
     frame_shape = (256,)
     expects = "EmoNet checkpoint emonet_8.pth or emonet_5.pth (face-analysis/emonet)"
 
-    def __init__(self, weights: str | None, runtime: Runtime, n_expression: int = 8) -> None:
-        self.name = "emofan"
-        self.preprocess = ImagePreprocess(256, "RGB", 1 / 255, None, None)
-        self.runtime = runtime
+    def __init__(
+        self,
+        config: EmoFANConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "emofan",
+    ) -> None:
+        self.name = name
+        self.preprocess = config
+        self.runtime = runtime = runtime or Runtime.create()
+        n_expression = config.n_expression
         unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         sha = None
@@ -155,6 +178,7 @@ class EmoFAN(VisualBackbone):
         if n_expression not in (5, 8):
             raise AvxError(f"emofan: {n_expression} expression classes; EmoNet heads have 5 or 8")
         self.n_expression = n_expression
+        self.config = replace(config, n_expression=n_expression)
         self.fields = {
             "expression": {"shape": [n_expression], "dtype": "float32"},
             "valence": {"shape": [], "dtype": "float32"},
@@ -177,15 +201,11 @@ class EmoFAN(VisualBackbone):
         return self.model(x)
 
 
-def create(tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any) -> EmoFAN:
-    return EmoFAN(weights, runtime or Runtime.create(), **opts)
-
-
 BACKBONES.register(
     BackboneCard(
         "emofan",
-        create,
-        cls=EmoFAN,
+        EmoFAN,
+        EmoFANConfig(),
         shape="[T, 256] + expression [T, 8], valence, arousal",
         rate="face frames (256×256 input)",
         paper="EmoNet (Toisoul et al., 2021); COLD's visual front end",

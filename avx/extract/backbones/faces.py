@@ -8,6 +8,8 @@ is ``faces`` rather than ``video/faces``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from avx.errors import AvxError
@@ -15,7 +17,13 @@ from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import Backbone, Runtime
 
 
+@dataclass(frozen=True)
+class FacesConfig:
+    """No settings of its own: the crop is the face pipeline's (``--crop-size``, ``--margin``, ...)."""
+
+
 class FacesOnly(Backbone):
+    config_class = FacesConfig
     modality = "video"
     name = "faces"
     frame_shape = ()
@@ -25,25 +33,33 @@ class FacesOnly(Backbone):
     def stream_name(self) -> str:
         return "faces"
 
+    def __init__(
+        self,
+        config: FacesConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "faces",
+    ) -> None:
+        self.config = config
+
+    @classmethod
+    def configure(cls, config: Any, options: Mapping[str, Any], *, where: str) -> Any:
+        if options:
+            raise AvxError(
+                f"faces: unknown option(s) {sorted(options)} (set the crop with --crop-size, --margin, ...)"
+            )
+        return config
+
     def provenance(self) -> dict[str, Any]:
         return {"backbone": "faces"}
-
-
-def create(
-    tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
-) -> FacesOnly:
-    if opts:
-        raise AvxError(
-            f"faces: unknown option(s) {sorted(opts)} (set the crop with --crop-size, --margin, ...)"
-        )
-    return FacesOnly()
 
 
 BACKBONES.register(
     BackboneCard(
         "faces",
-        create,
-        cls=FacesOnly,
+        FacesOnly,
+        FacesConfig(),
         shape="faces [T, S, S, 3] uint8",
         rate="sampled frames",
         paper="MTCNN (facenet-pytorch)",

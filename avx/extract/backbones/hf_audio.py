@@ -29,8 +29,8 @@ layers attend over it, so those are an approximation. ``window``/``context`` are
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,11 +43,20 @@ from avx.extract.weights import resolve_weights, sha256_folder
 SAMPLE_RATE = 16_000
 STRIDE, FIELD = 320, 400  # total CNN stride and receptive field in samples (all three families)
 
-ARCHS = {"wav2vec2": "wav2vec2", "wavlm": "wavlm", "hubert": "hubert"}
+Arch = Literal["wav2vec2", "wavlm", "hubert"]
 
 
 @dataclass(frozen=True)
-class WindowConfig:
+class SpeechSSLConfig:
+    """Which model family, which hidden states, and how long audio is windowed.
+
+    ``layers``: ``"all"``, ``"0,12,24"``, ``"0-12"`` or a tuple of indices (stored in the
+    canonical form: ``"all"`` or the comma-separated list). ``window``/``context``: in
+    seconds, see the module docstring.
+    """
+
+    arch: Arch = "wav2vec2"
+    layers: str | tuple[int, ...] = "all"
     window: float = 60.0
     context: float = 5.0
 
@@ -71,14 +80,14 @@ def _parse_layers(value: Any, n_layers: int) -> list[int]:
     return sorted(out)
 
 
-def _load_model(arch: str, spec: str | None, default: str, name: str) -> tuple[Any, dict[str, Any], bool]:
+def _load_model(arch: str, spec: str | None, name: str) -> tuple[Any, dict[str, Any], bool]:
     """(model, weights provenance, do_normalize) for ``spec``."""
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    src = resolve_weights(spec, default=default, backbone=name)
+    src = resolve_weights(spec, default=None, backbone=name, expects="a HF hub id or save_pretrained folder")
     if src.kind == "random-init":
         from transformers import (
             HubertConfig,
@@ -103,7 +112,7 @@ def _load_model(arch: str, spec: str | None, default: str, name: str) -> tuple[A
         config = AutoConfig.from_pretrained(src.spec)
     except Exception as e:
         raise AvxError(f"{src.spec}: cannot load a transformers config ({type(e).__name__})") from None
-    if config.model_type != ARCHS[arch]:
+    if config.model_type != arch:
         raise AvxError(f"{src.spec}: a '{config.model_type}' checkpoint, not {arch}; use that backbone name")
     model = AutoModel.from_pretrained(src.spec)
     folder = src.local_folder()
@@ -119,6 +128,7 @@ def _load_model(arch: str, spec: str | None, default: str, name: str) -> tuple[A
 class SpeechSSL(AudioBackbone):
     """wav2vec2 / WavLM / HuBERT hidden states, per 20 ms frame."""
 
+    config_class = SpeechSSLConfig
     sample_rate = SAMPLE_RATE
     frame_rate = SAMPLE_RATE / STRIDE
     layer_axis = 0
@@ -126,25 +136,23 @@ class SpeechSSL(AudioBackbone):
 
     def __init__(
         self,
-        name: str,
-        arch: str,
-        weights: str | None,
-        runtime: Runtime,
+        config: SpeechSSLConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
         *,
-        default: str,
-        layers: Any = "all",
-        window: float = 60.0,
-        context: float = 5.0,
+        name: str = "wav2vec2",
     ) -> None:
-        self.name, self.arch, self.runtime = name, arch, runtime
-        model, self.weights, self.normalize = _load_model(arch, weights, default, name)
+        self.name, self.arch = name, config.arch
+        self.runtime = runtime = runtime or Runtime.create()
+        model, self.weights, self.normalize = _load_model(config.arch, weights, name)
         self.model = model.eval().to(runtime.device)
         cfg = model.config
-        self.layers = _parse_layers(layers, cfg.num_hidden_layers)
+        self.layers = _parse_layers(config.layers, cfg.num_hidden_layers)
+        every = self.layers == list(range(cfg.num_hidden_layers + 1))
+        self.config = replace(config, layers="all" if every else ",".join(map(str, self.layers)))
         self.frame_shape = (len(self.layers), cfg.hidden_size)
-        self.win = WindowConfig(float(window), float(context))
-        if self.win.window <= 2 * self.win.context or self.win.context < 0:
-            raise AvxError(f"{name}: window ({window} s) must exceed 2 × context ({context} s)")
+        if config.window <= 2 * config.context or config.context < 0:
+            raise AvxError(f"{name}: window ({config.window} s) must exceed 2 × context ({config.context} s)")
         self.model_type = cfg.model_type
 
     def provenance(self) -> dict[str, Any]:
@@ -156,8 +164,8 @@ class SpeechSSL(AudioBackbone):
             "layer_meaning": "0 = transformer input (CNN + projection + positional conv); l = layer l output",
             "sample_rate": SAMPLE_RATE,
             "normalize_waveform": self.normalize,
-            "window_s": self.win.window,
-            "context_s": self.win.context,
+            "window_s": self.config.window,
+            "context_s": self.config.context,
             "timestamps": "centre of each frame's 25 ms receptive field, 20 ms apart",
             "precision": "float32",
         }
@@ -181,12 +189,14 @@ class SpeechSSL(AudioBackbone):
         wav = waveform.astype(np.float32)
         if self.normalize:
             wav = (wav - wav.mean()) / np.sqrt(wav.var() + 1e-7)
-        if len(wav) <= self.win.window * SAMPLE_RATE:
+        if len(wav) <= self.config.window * SAMPLE_RATE:
             feats = self._forward(wav)
         else:
             feats = np.zeros((n, *self.frame_shape), np.float32)
-            core = int(self.win.window - 2 * self.win.context) * SAMPLE_RATE // STRIDE  # frames per window
-            ctx = int(self.win.context * SAMPLE_RATE) // STRIDE
+            core = (
+                int(self.config.window - 2 * self.config.context) * SAMPLE_RATE // STRIDE
+            )  # frames per window
+            ctx = int(self.config.context * SAMPLE_RATE) // STRIDE
             for f0 in range(0, n, core):
                 f1 = min(n, f0 + core)
                 a = max(0, f0 - ctx)  # first frame computed, aligned to the frame grid
@@ -197,22 +207,13 @@ class SpeechSSL(AudioBackbone):
         return feats[:n], times
 
 
-def _factory(arch: str, default: str, registry_name: str) -> Any:
-    def create(
-        tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
-    ) -> SpeechSSL:
-        return SpeechSSL(registry_name, arch, weights, runtime or Runtime.create(), default=default, **opts)
-
-    create.__doc__ = f"{registry_name}: {arch} hidden states (default weights {default})."
-    return create
-
-
-def _card(name: str, arch: str, default: str, shape: str, paper: str) -> BackboneCard:
+def _card(name: str, arch: Arch, default: str, shape: str, paper: str) -> BackboneCard:
     """A speech SSL entry: ``arch``'s hidden states with ``default`` weights (HF id)."""
     return BackboneCard(
         name,
-        _factory(arch, default, name),
-        cls=SpeechSSL,
+        SpeechSSL,
+        SpeechSSLConfig(arch),
+        default_weights=default,
         shape=shape,
         rate="50 Hz",
         weights=f"HF id or folder (default {default})",

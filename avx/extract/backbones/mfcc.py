@@ -1,9 +1,9 @@
 """MFCC (librosa): the classic hand-crafted audio front end.
 
-Presets are data, not code branches: ``mfcc`` is 40 coefficients of 25 ms / 10 ms
-frames at 16 kHz; ``mfcc.sfav`` is SFAV's setting (22,050 Hz, 10 coefficients,
-librosa's default 2048 / 512 window and hop), so its stored frames match that paper's
-(10, 156) input for a 3.6 s clip.
+Presets are data, not code branches: each name's card holds an :class:`MFCCConfig`.
+``mfcc`` is 40 coefficients of 25 ms / 10 ms frames at 16 kHz; ``mfcc.sfav`` is SFAV's
+setting (22,050 Hz, 10 coefficients, librosa's default 2048 / 512 window and hop), so
+its stored frames match that paper's (10, 156) input for a 3.6 s clip.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from typing import Any
 import librosa
 import numpy as np
 
-from avx.errors import AvxError, MediaError
+from avx.errors import MediaError
 from avx.extract.backbones import BACKBONES, AudioBackbone, BackboneCard
+from avx.extract.backbones.base import Runtime
 
 
 @dataclass(frozen=True)
 class MFCCConfig:
+    """``librosa.feature.mfcc`` arguments (every field is an ``--opt`` option)."""
+
     sample_rate: int = 16_000
     n_mfcc: int = 40
     n_fft: int = 400
@@ -32,18 +35,20 @@ class MFCCConfig:
     center: bool = True
 
 
-PRESETS = {
-    "": MFCCConfig(),
-    "sfav": MFCCConfig(
-        sample_rate=22_050, n_mfcc=10, n_fft=2048, win_length=2048, hop_length=512, n_mels=128
-    ),
-}
-
-
 class MFCC(AudioBackbone):
+    config_class = MFCCConfig
     default_dtype = "float32"
+    expects = "none (hand-crafted, librosa)"
 
-    def __init__(self, config: MFCCConfig, name: str = "mfcc") -> None:
+    def __init__(
+        self,
+        config: MFCCConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "mfcc",
+    ) -> None:
+        # Hand-crafted: ``weights`` is ignored (a generic ``--weights`` names other backbones').
         self.config, self.name = config, name
         self.sample_rate = config.sample_rate
         self.frame_shape = (config.n_mfcc,)
@@ -83,28 +88,13 @@ class MFCC(AudioBackbone):
         return feats, times
 
 
-def create(tag: str = "", weights: str | None = None, runtime: object = None, **opts: Any) -> MFCC:
-    base = asdict(PRESETS[tag])
-    if unknown := set(opts) - set(base):
-        raise AvxError(f"mfcc: unknown option(s) {sorted(unknown)}; valid: {sorted(base)}")
-    kinds = {k: type(v) if v is not None else float for k, v in base.items()}
-    config = MFCCConfig(
-        **{
-            **base,
-            **{k: kinds[k](v) if k != "center" else str(v).lower() in {"1", "true"} for k, v in opts.items()},
-        }
-    )
-    return MFCC(config, name=f"mfcc.{tag}" if tag else "mfcc")
-
-
 BACKBONES.register(
     BackboneCard(
         "mfcc",
-        create,
-        cls=MFCC,
+        MFCC,
+        MFCCConfig(),
         shape="[T, 40]",
         rate="100 Hz",
-        weights="none (hand-crafted, librosa)",
         paper="librosa MFCC",
         licence="ISC (librosa)",
     )
@@ -112,12 +102,10 @@ BACKBONES.register(
 BACKBONES.register(
     BackboneCard(
         "mfcc.sfav",
-        create,
-        tag="sfav",
-        cls=MFCC,
+        MFCC,
+        MFCCConfig(sample_rate=22_050, n_mfcc=10, n_fft=2048, win_length=2048, hop_length=512, n_mels=128),
         shape="[T, 10]",
         rate="43.07 Hz (22,050 / 512)",
-        weights="none (hand-crafted, librosa)",
         paper="SFAV (001): 10 MFCCs at 22,050 Hz, hop 512",
         licence="ISC (librosa)",
     )

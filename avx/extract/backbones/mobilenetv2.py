@@ -9,6 +9,7 @@ size load), or ``none`` for random init.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,31 @@ from avx.extract.backbones.base import ImagePreprocess, Runtime, VisualBackbone,
 from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha256_file
 
 
+@dataclass(frozen=True)
+class MobileNetV2Config(ImagePreprocess):
+    """Input preprocessing: 224×224, ImageNet mean/std (torchvision's training recipe)."""
+
+
 class MobileNetV2(VisualBackbone):
+    config_class = MobileNetV2Config
     frame_shape = (1280,)
     expects = "imagenet (torchvision) or an AffectNet-finetuned torchvision mobilenet_v2 checkpoint"
 
-    def __init__(self, weights: str | None, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        config: MobileNetV2Config,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "mobilenetv2",
+    ) -> None:
         from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
-        self.name = "mobilenetv2"
-        self.preprocess = ImagePreprocess(224)
-        self.runtime = runtime
+        self.name, self.config = name, config
+        self.preprocess = config
+        self.runtime = runtime = runtime or Runtime.create()
         unpickled = False
-        src = resolve_weights(weights, default="imagenet", backbone=self.name)
+        src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         with seeded():
             model = mobilenet_v2(weights=None)
         sha = None
@@ -64,17 +78,12 @@ class MobileNetV2(VisualBackbone):
         return self.model(x).mean(dim=(2, 3))
 
 
-def create(
-    tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
-) -> MobileNetV2:
-    return MobileNetV2(weights, runtime or Runtime.create(), **opts)
-
-
 BACKBONES.register(
     BackboneCard(
         "mobilenetv2",
-        create,
-        cls=MobileNetV2,
+        MobileNetV2,
+        MobileNetV2Config(),
+        default_weights="imagenet",
         shape="[T, 1280]",
         rate="face frames",
         paper="MobileNetV2 (torchvision); the two-stage paper's visual front end",

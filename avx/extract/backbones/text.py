@@ -14,7 +14,8 @@ reason; a corpus with no ``transcript`` column at all is refused before the run.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,24 +25,37 @@ from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import Runtime, TextBackbone
 from avx.extract.weights import resolve_weights, sha256_file, sha256_folder
 
-PRESETS = {"": "tokens", "pooled": "pooled"}
+
+@dataclass(frozen=True)
+class TransformerTextConfig:
+    """Token states or one pooled vector, which hidden state, and the truncation length."""
+
+    output: Literal["tokens", "pooled"] = "tokens"
+    layer: int = -1
+    max_length: int = 512
 
 
 class TransformerText(TextBackbone):
+    config_class = TransformerTextConfig
     expects = "HF hub id or save_pretrained folder of a BERT-style encoder (with its tokenizer)"
 
     def __init__(
-        self, tag: str, weights: str | None, runtime: Runtime, max_length: int = 512, layer: int = -1
+        self,
+        config: TransformerTextConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "text",
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
 
-        self.name = f"text.{tag}" if tag else "text"
-        self.mode, self.runtime = PRESETS[tag], runtime
-        self.max_length, self.layer = int(max_length), int(layer)
-        src = resolve_weights(weights, default="bert-base-uncased", backbone=self.name)
+        self.name, self.config = name, config
+        self.runtime = runtime = runtime or Runtime.create()
+        self.mode, self.max_length, self.layer = config.output, config.max_length, config.layer
+        src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         if src.kind not in ("folder", "hub"):
             raise AvxError(
                 f"{self.name}: weights '{src.spec}' must be a HF hub id or a save_pretrained folder"
@@ -97,21 +111,23 @@ class TransformerText(TextBackbone):
         return feats, np.full(len(feats), np.nan)
 
 
-def create(
-    tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any
-) -> TransformerText:
-    return TransformerText(tag, weights, runtime or Runtime.create(), **opts)
-
-
 BACKBONES.register(
-    BackboneCard("text", create, cls=TransformerText, shape="[tokens, D]", rate="tokens", paper="BERT (HF)")
+    BackboneCard(
+        "text",
+        TransformerText,
+        TransformerTextConfig(),
+        default_weights="bert-base-uncased",
+        shape="[tokens, D]",
+        rate="tokens",
+        paper="BERT (HF)",
+    )
 )
 BACKBONES.register(
     BackboneCard(
         "text.pooled",
-        create,
-        tag="pooled",
-        cls=TransformerText,
+        TransformerText,
+        TransformerTextConfig(output="pooled"),
+        default_weights="bert-base-uncased",
         shape="[1, D]",
         rate="one per clip",
         paper="BERT (HF), [CLS]-pooled",

@@ -38,12 +38,11 @@ PATCH_SECONDS = (PATCH_FRAMES - 1) * STEP / SAMPLE_RATE + WIN / SAMPLE_RATE  # 0
 
 @dataclass(frozen=True)
 class VGGishConfig:
+    """Patch hop in seconds, whether to apply the final ReLU, and PCA post-processing."""
+
     hop: float = 0.96
     relu: bool = False
     postprocess: bool = False
-
-
-PRESETS = {"": VGGishConfig(), "cold": VGGishConfig(hop=0.1)}
 
 
 @cache
@@ -97,25 +96,24 @@ class VGGishNet(nn.Module):
 
 
 class VGGish(AudioBackbone):
+    config_class = VGGishConfig
     sample_rate = SAMPLE_RATE
     frame_shape = (128,)
     expects = "torchvggish state dict (vggish-10086976.pth)"
 
-    def __init__(self, tag: str, weights: str | None, runtime: Runtime, **opts: Any) -> None:
-        self.name = f"vggish.{tag}" if tag else "vggish"
-        base = asdict(PRESETS[tag])
-        unknown = set(opts) - set(base)
-        if unknown:
-            raise AvxError(f"vggish: unknown option(s) {sorted(unknown)}; valid: {sorted(base)}")
-        self.config = VGGishConfig(
-            hop=float(opts.get("hop", base["hop"])),
-            relu=_bool(opts.get("relu", base["relu"])),
-            postprocess=_bool(opts.get("postprocess", base["postprocess"])),
-        )
+    def __init__(
+        self,
+        config: VGGishConfig,
+        weights: str | None = None,
+        runtime: Runtime | None = None,
+        *,
+        name: str = "vggish",
+    ) -> None:
+        self.name, self.config = name, config
         if self.config.hop <= 0:
             raise AvxError("vggish: hop must be > 0 seconds")
         self.frame_rate = 1 / self.config.hop
-        self.runtime = runtime
+        self.runtime = runtime = runtime or Runtime.create()
         unpickled = False
         src = resolve_weights(weights, default=None, backbone=self.name, expects=self.expects)
         with seeded():
@@ -182,19 +180,11 @@ class VGGish(AudioBackbone):
         return out, times
 
 
-def _bool(v: Any) -> bool:
-    return v if isinstance(v, bool) else str(v).lower() in {"1", "true", "yes", "on"}
-
-
-def create(tag: str = "", weights: str | None = None, runtime: Runtime | None = None, **opts: Any) -> VGGish:
-    return VGGish(tag, weights, runtime or Runtime.create(), **opts)
-
-
 BACKBONES.register(
     BackboneCard(
         "vggish",
-        create,
-        cls=VGGish,
+        VGGish,
+        VGGishConfig(),
         shape="[T, 128]",
         rate="1.04 Hz (0.96 s hop)",
         paper="VGGish (Hershey et al., 2017)",
@@ -204,9 +194,8 @@ BACKBONES.register(
 BACKBONES.register(
     BackboneCard(
         "vggish.cold",
-        create,
-        tag="cold",
-        cls=VGGish,
+        VGGish,
+        VGGishConfig(hop=0.1),
         shape="[T, 128]",
         rate="10 Hz (0.1 s hop)",
         paper="VGGish with COLD's (000) 0.1 s hop",
