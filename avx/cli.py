@@ -47,7 +47,7 @@ def store_init(
     root: Annotated[
         Path, typer.Option(help="Corpus root, in its official layout (manifest: the CSV/Parquet).")
     ],
-    store: Annotated[Path, typer.Option(help="Store path to create (e.g. cremad.zarr).")],
+    store: Annotated[str, typer.Option(help="Store path to create (e.g. cremad.zarr); local only.")],
     protocol: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -77,11 +77,18 @@ def store_init(
 def store_info(
     path: Annotated[str, typer.Argument(help="Store path or URL (file://, s3://, https://).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+    failures: Annotated[
+        bool, typer.Option("--failures", help="List every failed clip with its reason, per stream.")
+    ] = False,
 ) -> None:
-    """Summarise a store: corpus, label statistics, protocols, and every stream with its provenance."""
+    """Summarise a store: corpus, label statistics, protocols, and every stream with its
+    provenance, failure reasons and damage."""
     from avx.store_schema import open_store
 
-    info = open_store(path).info()
+    store = open_store(path)
+    info = store.info()
+    if failures:
+        info["failures"] = {n: store.stream(n).failures for n in info["streams"]}
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
@@ -116,6 +123,12 @@ def store_info(
             f"stream [bold]{name}[/] {tuple(s['frame_shape'])} {s['dtype']}: committed={s['committed']} "
             f"failed={s['failed']} missing={s['missing']} from={source}"
         )
+        for why, n in s["failure_reasons"].items():
+            out.print(f"  failed {n}: {why}", highlight=False, markup=False)
+        for sid, why in info.get("failures", {}).get(name, {}).items():
+            out.print(f"  {sid}: {why}", highlight=False, markup=False)
+    for name, why in info["damaged_streams"].items():
+        out.print(f"[red]damaged[/] {name}: {why}", highlight=False)
 
 
 @store_app.command("validate")
@@ -135,6 +148,38 @@ def store_validate(
     out.print(report.summary(), highlight=False)
 
 
+@store_app.command("repair")
+def store_repair(
+    path: Annotated[str, typer.Argument(help="Local store path.")],
+    stream: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Stream(s) to repair (default: every stream whose index is lost)."),
+    ] = None,
+) -> None:
+    """Rebuild lost stream indexes from the parts' own records (rows, lengths, failures)."""
+    from contextlib import ExitStack
+
+    from avx.store_schema.locks import lock_streams
+    from avx.store_schema.reader import INCOMPLETE, index_problem, stream_groups
+    from avx.store_schema.writer import repair_index
+    from avx.store_schema.zarrio import local_path, open_root
+
+    root = open_root(local_path(path), writable=True)
+    groups = stream_groups(root)
+    names = list(stream) if stream else [
+        n for n, g in groups.items() if not isinstance(g, str) and index_problem(g) not in (None, INCOMPLETE)
+    ]  # fmt: skip
+    if unknown := [n for n in names if n not in groups]:
+        raise AvxError(f"{path}: no stream {', '.join(unknown)}; streams: {', '.join(groups)}")
+    if not names:
+        out.print(f"{path}: every stream index is readable; nothing to repair")
+        return
+    with ExitStack() as stack:
+        lock_streams(stack, local_path(path), names)
+        for name in names:
+            out.print(repair_index(root, name).summary(), highlight=False)
+
+
 @store_app.command("consolidate")
 def store_consolidate(path: Annotated[Path, typer.Argument(help="Local store path.")]) -> None:
     """Refresh consolidated metadata (needed before serving a store over HTTP)."""
@@ -150,8 +195,8 @@ def extract_cmd(
     corpus: Annotated[Optional[str], typer.Option(help="Corpus name (see `avx corpus list`).")] = None,  # noqa: UP045
     root: Annotated[Optional[Path], typer.Option(help="Corpus root, in its official layout.")] = None,  # noqa: UP045
     store: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="Store path; created from the corpus metadata if absent."),
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Store path (local); created from the corpus metadata if absent."),
     ] = None,
     backbone: Annotated[
         Optional[list[str]],  # noqa: UP045
@@ -292,7 +337,10 @@ def extract_cmd(
         f" {report.failed} failed, {report.wall_s:.1f} s wall"
     )
     if report.partial:
-        err.print(f"partial: {report.failed} sample(s) failed; see `avx store info` for reasons")
+        err.print(
+            f"partial: {report.failed} sample(s) failed; reasons: `avx store info --failures {report.store}`",
+            highlight=False,
+        )
         raise typer.Exit(PARTIAL_EXIT_CODE)
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import typing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -102,3 +107,24 @@ def synthetic_store(path: Path, seed: int, n: int = 200, k: int = 4) -> Path:
     for w in writers.values():
         w.close()
     return path
+
+
+@pytest.fixture()
+def http_root(tmp_path: Path) -> typing.Iterator[tuple[Path, str]]:
+    """A static HTTP server on 127.0.0.1 serving ``tmp_path/www`` (stopped after the test)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass

@@ -150,6 +150,7 @@ def test_bad_media_becomes_a_recorded_failure(demo_corpus: Path, tmp_path: Path)
     assert info["streams"]["audio/mfcc"]["failed"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -203,6 +203,12 @@ class FacePipeline:
         prev_box = None
         n_frames = 0
         for frames, ts in _rebatch(chunks, self.config.batch_size):
+            if min(frames.shape[1:3]) < self.config.min_face_size:
+                # MTCNN's image pyramid is empty for frames smaller than its smallest face
+                raise MediaError(
+                    f"{source or 'video'}: frames of {frames.shape[2]}×{frames.shape[1]} px are smaller"
+                    f" than the smallest face searched for ({self.config.min_face_size} px, --min-face-size)"
+                )
             det = self.detect(frames, prev_box)
             good = np.flatnonzero(det.detected)
             if len(good):

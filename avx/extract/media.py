@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,16 +30,64 @@ class Audio:
     sample_rate: int
     source_rate: int
     channels: int
+    declared_s: float | None = None
+    """Duration the container's header declares (None: unknown)."""
+    extra: tuple[str, ...] = ()
+    """Further notes (a duration shorter than the corpus metadata's)."""
+
+    @property
+    def duration(self) -> float:
+        return len(self.waveform) / self.sample_rate
+
+    def shorter_than(self, expected_s: float | None, what: str) -> Audio:
+        """A copy noting truncation when ``expected_s`` (say, the corpus metadata's
+        duration) is clearly longer than what was decoded."""
+        if expected_s is None or not np.isfinite(expected_s) or not _cut_short(self.duration, expected_s):
+            return self
+        note = f"truncated: {self.duration:.2f} s of {expected_s:.2f} s in {what}"
+        return replace(self, extra=(*self.extra, note))
 
     @property
     def note(self) -> str:
         """What was done to the source, recorded per sample ("" when nothing)."""
-        notes = []
+        notes = list(self.extra)
+        if self.declared_s is not None and _cut_short(self.duration, self.declared_s):
+            notes.insert(0, f"truncated: {self.duration:.2f} s of {self.declared_s:.2f} s in the header")
         if self.channels != 1:
             notes.append(f"{self.channels} channels mixed to mono")
         if self.source_rate != self.sample_rate:
             notes.append(f"resampled {self.source_rate} -> {self.sample_rate} Hz")
         return "; ".join(notes)
+
+
+def _cut_short(decoded_s: float, expected_s: float) -> bool:
+    """More than 1 % and 10 ms shorter: rounding of header fields never is."""
+    return decoded_s < 0.99 * expected_s - 0.01
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames a WAV header declares for its ``data`` chunk (libsndfile reports what is
+    on disk, so a truncated file would otherwise go unnoticed); None if unknown."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"RIFF" or not f.read(4) or f.read(4) != b"WAVE":
+                return None
+            block_align = 0
+            while len(head := f.read(8)) == 8:
+                cid, size = head[:4], int.from_bytes(head[4:], "little")
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    block_align = int.from_bytes(fmt[12:14], "little")
+                    f.seek(size % 2, 1)
+                elif cid == b"data":
+                    # streaming writers leave the size at 0 or 0xFFFFFFFF
+                    ok = block_align and size not in (0, 0xFFFFFFFF)
+                    return size // block_align if ok else None
+                else:
+                    f.seek(size + size % 2, 1)
+    except OSError:
+        return None
+    return None
 
 
 def decode_audio(path: str | Path) -> Audio:
@@ -50,19 +98,25 @@ def decode_audio(path: str | Path) -> Audio:
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
     try:
+        declared = None
         if path.suffix.lower() in {".wav", ".flac", ".ogg"}:
             y, sr = sf.read(str(path), dtype="float32", always_2d=True)
             channels = y.shape[1]
             y = y.mean(axis=1)
+            frames = _wav_declared_frames(path) if path.suffix.lower() == ".wav" else None
+            declared = frames / sr if frames else None
         else:
-            y, sr, channels = _decode_audio_av(path)
+            y, sr, channels, declared = _decode_audio_av(path)
     except MediaError:
         raise
     except Exception as e:
         raise MediaError(f"{path}: unreadable audio ({type(e).__name__}: {_first_line(e)})") from None
     if y.size == 0:
         raise MediaError(f"{path}: no audio samples")
-    return Audio(np.ascontiguousarray(y, dtype=np.float32), int(sr), int(sr), int(channels))
+    if not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).sum())
+        raise MediaError(f"{path}: {bad} non-finite audio samples (NaN or Inf); the file is damaged")
+    return Audio(np.ascontiguousarray(y, dtype=np.float32), int(sr), int(sr), int(channels), declared)
 
 
 def resample(audio: Audio, sample_rate: int, *, source: str = "audio") -> Audio:
@@ -73,7 +127,7 @@ def resample(audio: Audio, sample_rate: int, *, source: str = "audio") -> Audio:
         y = soxr.resample(y, audio.sample_rate, sample_rate, quality="HQ").astype(np.float32)
     if float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) < SILENCE_RMS:
         raise MediaError(f"{source}: silent audio (RMS below {SILENCE_RMS:g})")
-    return Audio(np.ascontiguousarray(y), sample_rate, audio.source_rate, audio.channels)
+    return replace(audio, waveform=np.ascontiguousarray(y), sample_rate=sample_rate)
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -86,7 +140,7 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [""])[0][:200]
 
 
-def _decode_audio_av(path: Path) -> tuple[np.ndarray, int, int]:
+def _decode_audio_av(path: Path) -> tuple[np.ndarray, int, int, float | None]:
     with av.open(str(path)) as c:
         if not c.streams.audio:
             raise MediaError(f"{path}: no audio track")
@@ -100,7 +154,13 @@ def _decode_audio_av(path: Path) -> tuple[np.ndarray, int, int]:
         for f in resampler.resample(None):
             chunks.append(f.to_ndarray().reshape(-1))
         sr = stream.rate
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), int(sr), int(channels)
+        declared = None
+        if stream.duration is not None and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+        elif c.duration:
+            declared = c.duration / 1_000_000
+    y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return y, int(sr), int(channels), declared
 
 
 @dataclass(frozen=True)

@@ -317,6 +317,31 @@ def _segment(sample: pd.Series) -> tuple[float, float] | None:
     return float(a), float(b)
 
 
+def clip_failure(e: BaseException, source: object) -> MediaError:
+    """``e``, raised while processing one clip, as that clip's failure record.
+
+    Any error about one clip's input or its features fails that clip alone and the run
+    goes on. Errors about the whole run re-raise: out of memory, the store (a write
+    failure, a lock), and interrupts (``KeyboardInterrupt`` is not an ``Exception``).
+    """
+    if isinstance(e, MediaError):
+        return e
+    import torch
+
+    if isinstance(e, MemoryError | torch.OutOfMemoryError | StoreError | AvxError):
+        raise e
+    first = (str(e).splitlines() or [""])[0][:200]
+    return MediaError(f"{source}: {type(e).__name__}: {first}")
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) and f > 0 else None
+
+
 def _media(root: Path, rel: Any, sample_id: str, what: str) -> Path:
     if not isinstance(rel, str) or not rel:
         raise MediaError(f"{sample_id}: no {what} file listed for this clip")
@@ -350,16 +375,19 @@ class ChunkRunner:
         sid = str(sample["id"])
         prep = _Prepared(row)
         if any(row in task.todo.get(b.stream_name, ()) for b in self.audio):
+            src = sample["audio_path"]
             try:
                 src = _media(self.media_root, sample["audio_path"], sid, "audio")
-                decoded = decode_audio(src)
+                decoded = decode_audio(src).shorter_than(
+                    _finite(sample.get("duration")), "the corpus metadata"
+                )
                 for rate in self.rates:
                     try:
                         prep.audio[rate] = resample(decoded, rate, source=str(src))
-                    except MediaError as e:
-                        prep.audio[rate] = e
-            except MediaError as e:
-                prep.audio = dict.fromkeys(self.rates, e)
+                    except Exception as e:
+                        prep.audio[rate] = clip_failure(e, src)
+            except Exception as e:
+                prep.audio = dict.fromkeys(self.rates, clip_failure(e, src))
         need_faces = row in task.todo.get(S.FACES, ())
         need_visual = any(row in task.todo.get(b.stream_name, ()) for b in self.visual)
         if need_faces or need_visual:
@@ -379,8 +407,8 @@ class ChunkRunner:
                     if status != S.Status.COMMITTED:
                         raise MediaError(f"{sid}: no committed face crops")
                     prep.crops, prep.times = faces[sid], faces.timestamps(sid)
-            except MediaError as e:
-                prep.video_error = e
+            except Exception as e:
+                prep.video_error = clip_failure(e, sample.get("video_path") or sid)
         return prep
 
     def _stored_crops(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -467,13 +495,14 @@ class ChunkRunner:
             if prep.row not in task.todo.get(name, ()):
                 continue
             audio = prep.audio[b.sample_rate]
+            src = str(self.samples.iloc[prep.row]["audio_path"])
             try:
                 if isinstance(audio, MediaError):
                     raise audio
-                feats, ts = b(audio.waveform, source=str(self.samples.iloc[prep.row]["audio_path"]))
+                feats, ts = b(audio.waveform, source=src)
                 builders[name].add(prep.row, feats, ts, note=audio.note)
-            except MediaError as e:
-                builders[name].fail(prep.row, str(e))
+            except Exception as e:
+                builders[name].fail(prep.row, str(clip_failure(e, src)))
 
     def _run_text(self, prep: _Prepared, task: Task, builders: dict[str, PartBuilder], sid: str) -> None:
         for b in self.text:
@@ -483,8 +512,8 @@ class ChunkRunner:
             try:
                 feats, ts = b(str(self.samples.iloc[prep.row].get("transcript") or ""), source=sid)
                 builders[name].add(prep.row, feats, ts)
-            except MediaError as e:
-                builders[name].fail(prep.row, str(e))
+            except Exception as e:
+                builders[name].fail(prep.row, str(clip_failure(e, sid)))
 
     def _run_visual(self, batch: list[_Prepared], task: Task, builders: dict[str, PartBuilder]) -> None:
         """Run every visual backbone once over the frames of all clips in ``batch``."""
@@ -496,9 +525,12 @@ class ChunkRunner:
             a = 0
             for p in todo:
                 n = len(p.crops)
-                builders[b.stream_name].add(
-                    p.row, feats[a : a + n], p.times, **{k: v[a : a + n] for k, v in fields.items()}
-                )
+                try:
+                    builders[b.stream_name].add(
+                        p.row, feats[a : a + n], p.times, **{k: v[a : a + n] for k, v in fields.items()}
+                    )
+                except Exception as e:
+                    builders[b.stream_name].fail(p.row, str(clip_failure(e, str(self.ids[p.row]))))
                 a += n
 
 
@@ -585,6 +617,10 @@ def extract(
     plan, backbones = plan_extraction(corpus, root, store, options, report, console)
     report.store = plan.store
     g = open_root(plan.store, writable=True)
+    if _faces_complete(g, plan):
+        # Visual backbones only read committed crops: no faces lock, so extractions of
+        # several visual backbones share a store, as documented.
+        plan = replace(plan, specs={n: s for n, s in plan.specs.items() if n != S.FACES})
     with ExitStack() as stack:
         lock_streams(stack, plan.store, list(plan.specs))
         if options.overwrite:
@@ -604,6 +640,25 @@ def extract(
     consolidate(plan.store)
     report.wall_s = time.time() - t0
     return report
+
+
+def _faces_complete(g: zarr.Group, plan: Plan) -> bool:
+    """The ``faces`` stream needs no writing: it was not asked for by name, holds crops
+    made with the planned settings, and has no sample left to do."""
+    spec, options = plan.specs.get(S.FACES), plan.options
+    path = S.stream_path(S.FACES)
+    if spec is None or S.FACES in options.backbones or path not in g:
+        return False
+    try:
+        faces = Stream(g[path], S.FACES, np.zeros(int(g.attrs["n_samples"]), dtype=object))
+    except (StoreError, KeyError):
+        return False
+    if spec_mismatch(faces.spec, spec) is not None:
+        return False  # the writer explains the mismatch (or --overwrite replaces it)
+    todo = faces.index.status == S.Status.MISSING
+    if options.retry_failed:
+        todo |= faces.index.failed()
+    return not todo.any()
 
 
 def plan_extraction(

@@ -1,6 +1,6 @@
 """The resumable training checkpoint, written so that no crash can cost more than one epoch.
 
-``RUN/checkpoint/`` holds, for the last finished epoch N:
+``RUN/checkpoint/`` holds, for the last two finished epochs N:
 
 - ``epoch-N.safetensors``: the current weights (``model.*``) and the best weights so far
   (``best.*``);
@@ -10,12 +10,15 @@
   disk.
 
 A SIGKILL at any instant leaves ``latest.json`` naming a complete pair (the new one or
-the previous one); older pairs are deleted only after ``latest.json`` moved on.
+the previous one); older pairs are deleted only after ``latest.json`` moved on. The pair
+before the latest is kept as well: if the latest is unreadable anyway (a disk or network
+file system that tore it), loading says so in one line and falls back to it.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +52,21 @@ def save_checkpoint(
         "has_best": best is not None,
     }
     atomic_write(folder / "latest.json", json.dumps(pointer).encode())
+    previous = [e for e in _epochs(folder) if e < epoch][-1:]
+    keep = {stem, *(f"epoch-{e:04d}" for e in previous)}
     for old in [*folder.glob("epoch-*"), *folder.glob(".epoch-*.tmp")]:  # tmp: left by a killed write
-        if not old.name.startswith(stem):
+        if old.name.split(".")[0] not in keep:
             old.unlink(missing_ok=True)
+
+
+def _epochs(folder: Path) -> list[int]:
+    """Epochs with both files on disk, oldest first."""
+    out = []
+    for f in folder.glob("epoch-*.safetensors"):
+        stem = f.name.removesuffix(".safetensors")
+        if (folder / f"{stem}.pt").exists() and stem.removeprefix("epoch-").isdigit():
+            out.append(int(stem.removeprefix("epoch-")))
+    return sorted(out)
 
 
 def load_checkpoint(
@@ -70,14 +85,42 @@ def load_checkpoint(
                 f" if you trust its source, convert the run once with `avx fuse convert {run}`"
             )
         return None
+    folder = run / FOLDER
     try:
-        p = json.loads(pointer.read_text())
-    except json.JSONDecodeError as e:
-        raise AvxError(f"{pointer}: unreadable ({e})") from None
-    tensors = load_tensors(run / FOLDER / p["weights"], device)
-    state = torch_load_weights_only(run / FOLDER / p["state"], device)
-    if state.get("epoch") != p["epoch"]:
-        raise AvxError(f"{pointer}: names epoch {p['epoch']} but its state file holds {state.get('epoch')}")
+        latest = int(json.loads(pointer.read_text())["epoch"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        warnings.warn(
+            f"{pointer}: unreadable ({type(e).__name__}); using the newest complete epoch", stacklevel=2
+        )
+        latest = max(_epochs(folder), default=-1)
+    candidates = [latest, *(e for e in reversed(_epochs(folder)) if e < latest)]
+    reasons = []
+    for i, epoch in enumerate(candidates):
+        try:
+            return _load_pair(folder, epoch, device)
+        except Exception as e:
+            reasons.append(str(e) if isinstance(e, AvxError) else f"{type(e).__name__}: {_first_line(e)}")
+            if i + 1 < len(candidates):
+                warnings.warn(
+                    f"{folder}/epoch-{epoch:04d}: unreadable checkpoint ({reasons[-1]}); falling back to"
+                    f" epoch {candidates[i + 1]}",
+                    stacklevel=2,
+                )
+    raise AvxError(f"{folder}: no readable checkpoint ({'; '.join(reasons) or 'none written'})")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:160]
+
+
+def _load_pair(
+    folder: Path, epoch: int, device: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
+    stem = f"epoch-{epoch:04d}"
+    tensors = load_tensors(folder / f"{stem}.safetensors", device)
+    state = torch_load_weights_only(folder / f"{stem}.pt", device)
+    if state.get("epoch") != epoch:
+        raise AvxError(f"{folder / stem}.pt holds epoch {state.get('epoch')}, not {epoch}")
     model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     best = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
-    return model, (best if p.get("has_best") else None), state
+    return model, (best or None), state

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
+from zarr.core.sync import sync
 
 from avx.corpora.base import ContinuousLabels, Dimensions
 from avx.corpora.protocols import Protocol
@@ -24,21 +27,73 @@ from avx.errors import StoreError
 from avx.store_schema import spec as S
 from avx.store_schema.labels import RaterLabels, label_statistics
 from avx.store_schema.writer import StreamSpec
-from avx.store_schema.zarrio import open_root, read_table
+from avx.store_schema.zarrio import child_names, is_local_group, missing_chunks, open_root, read_table
+
+
+def stream_groups(root: zarr.Group) -> dict[str, zarr.Group | str]:
+    """Every stream under ``streams/``: name -> its group, or why it cannot be read.
+
+    Children are listed without parsing their metadata, so a garbled ``zarr.json`` or a
+    stream that lost its ``avx_stream`` attribute is reported by name (damaged) rather
+    than hiding the other streams or vanishing from the listing.
+    """
+    base = root[S.STREAMS]
+    top = child_names(base)
+    names = [S.FACES] if S.FACES in top else []
+    out: dict[str, zarr.Group | str] = {}
+    for modality in S.STREAM_MODALITIES:
+        if modality in top:
+            try:
+                names += [f"{modality}/{k}" for k in child_names(base[modality])]
+            except Exception as e:
+                out[modality] = f"streams/{modality}: unreadable metadata ({_why(e)})"
+    for name in names:
+        try:
+            g = root[S.stream_path(name)]
+        except Exception as e:
+            out[name] = f"stream {name}: unreadable metadata ({_why(e)})"
+            continue
+        if not isinstance(g, zarr.Group) or S.STREAM_ATTR not in g.attrs:
+            out[name] = f"stream {name}: damaged (no {S.STREAM_ATTR} attribute)"
+        else:
+            out[name] = g
+    return out
+
+
+STALE = "consolidated metadata is older than the store; run `avx store consolidate` where it is written"
+
+INCOMPLETE = "incomplete (its creation was interrupted; the next extract completes it)"
+
+
+def index_problem(g: zarr.Group) -> str | None:
+    """Why a stream group's index cannot be trusted (None: it can).
+
+    A stream with no index and no parts was never finished (harmless: nothing was
+    committed). An index that is gone while parts hold data is damage: zarr would read
+    it as zeros (every sample "missing"), and an extract would then delete the parts.
+    """
+    if S.INDEX in g and not missing_chunks(g[S.INDEX]):
+        return None
+    has_parts = S.PARTS in g and bool(child_names(g[S.PARTS]))
+    if not has_parts and S.INDEX not in g:
+        return INCOMPLETE
+    return "its index is missing (damaged); run `avx store repair` to rebuild it from the parts"
+
+
+def failure_kind(reason: str) -> str:
+    """A failure reason without what is particular to one clip (its path, its numbers)."""
+    head, sep, rest = reason.partition(": ")
+    text = rest if sep and " " not in head else reason
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
 
 
 def list_streams(root: zarr.Group) -> list[str]:
-    """Names of the stream groups under ``streams/`` (``faces``, ``audio/<b>``, ...)."""
-    names = []
-    base = root[S.STREAMS]
-    if S.FACES in base and S.STREAM_ATTR in base[S.FACES].attrs:
-        names.append(S.FACES)
-    for modality in S.STREAM_MODALITIES:
-        if modality in base:
-            names += [
-                f"{modality}/{key}" for key, child in base[modality].groups() if S.STREAM_ATTR in child.attrs
-            ]
-    return names
+    """Names of the streams under ``streams/`` (``faces``, ``audio/<b>`` ...), damaged ones included."""
+    return [n for n in stream_groups(root) if n not in S.STREAM_MODALITIES]
 
 
 class Stream(Mapping[str, np.ndarray]):
@@ -51,10 +106,15 @@ class Stream(Mapping[str, np.ndarray]):
     def __init__(self, group: zarr.Group, name: str, sample_ids: np.ndarray) -> None:
         self.group, self.name = group, name
         self.spec = StreamSpec.from_attrs(group.attrs[S.STREAM_ATTR])
+        if not is_local_group(group) and not sync(group.store_path.store.exists(f"{group.path}/zarr.json")):
+            raise StoreError(f"stream '{name}' is gone: {STALE}")
+        if why := index_problem(group):
+            raise StoreError(f"stream '{name}': {why}")
         self.index = S.StreamIndex(group[S.INDEX][...])
         self._ids = sample_ids
         self._row = {sid: i for i, sid in enumerate(sample_ids)}
         self._parts: dict[int, zarr.Group] = {}
+        self._present: set[tuple[int, str, int]] = set()
 
     # -- metadata -----------------------------------------------------------------
     @property
@@ -90,6 +150,12 @@ class Stream(Mapping[str, np.ndarray]):
             out[str(self._ids[r])] = part.attrs["failures"].get(str(r), "")
         return out
 
+    def failure_counts(self) -> dict[str, int]:
+        """How many samples failed for each kind of reason, most frequent first (the
+        reason without its file name and numbers: "silent audio (RMS below #)")."""
+        kinds = Counter(failure_kind(r) for r in self.failures.values())
+        return dict(kinds.most_common())
+
     def status(self, sample_id: str) -> S.Status:
         return S.Status(int(self.index.status[self._row_of(sample_id)]))
 
@@ -106,19 +172,37 @@ class Stream(Mapping[str, np.ndarray]):
 
     def _part(self, k: int) -> zarr.Group:
         if k not in self._parts:
-            self._parts[k] = self.group[f"{S.PARTS}/{S.part_name(k)}"]
+            try:
+                self._parts[k] = self.group[f"{S.PARTS}/{S.part_name(k)}"]
+            except KeyError:
+                # Remote readers see parts through the consolidated metadata: a part
+                # committed after the last consolidation is not in it.
+                why = STALE if not is_local_group(self.group) else "the store is damaged"
+                raise StoreError(f"stream '{self.name}': part {S.part_name(k)} is missing ({why})") from None
         return self._parts[k]
 
-    def _locate(self, sample_id: str) -> tuple[zarr.Group, int, int]:
-        status, k, a, b = self.index.row(self._row_of(sample_id))
-        if status != S.Status.COMMITTED:
-            raise KeyError(f"sample '{sample_id}' is {status.name.lower()} in '{self.name}'")
-        return self._part(k), a, b
+    def _slice(self, k: int, name: str, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b`` of array ``name`` in part ``k``, refusing chunks that are gone
+        (checked once per chunk: committed chunks never change)."""
+        arr = self._part(k)[name]
+        step = arr.chunks[0] if arr.ndim else 1
+        todo = [i for i in range(a // step, (b - 1) // step + 1) if (k, name, i) not in self._present]
+        if todo:
+            lo, hi = todo[0] * step, min(arr.shape[0], (todo[-1] + 1) * step)
+            if lost := missing_chunks(arr, lo, hi):
+                raise StoreError(
+                    f"stream '{self.name}' part {S.part_name(k)}: chunk {lost[0]} of '{name}' is missing"
+                    f" (frames {lost[0] * step}:{(lost[0] + 1) * step}); the store is damaged"
+                )
+            self._present.update((k, name, i) for i in todo)
+        return np.asarray(arr[a:b])
 
     def field(self, sample_id: str, name: str = S.DATA) -> np.ndarray:
         """One per-frame array (``data``, ``timestamps`` or a declared field) of a sample."""
-        part, a, b = self._locate(sample_id)
-        return np.asarray(part[name][a:b])
+        status, k, a, b = self.index.row(self._row_of(sample_id))
+        if status != S.Status.COMMITTED:
+            raise KeyError(f"sample '{sample_id}' is {status.name.lower()} in '{self.name}'")
+        return self._slice(k, name, a, b)
 
     def __getitem__(self, sample_id: str) -> np.ndarray:
         return self.field(sample_id, S.DATA)
@@ -152,7 +236,7 @@ class Stream(Mapping[str, np.ndarray]):
         for k, items in by_part.items():
             lo = min(a for _, a, _ in items)
             hi = max(b for _, _, b in items)
-            block = np.asarray(self._part(k)[name][lo:hi])
+            block = self._slice(k, name, lo, hi)
             for i, a, b in items:
                 out[i] = block[a - lo : b - lo]
         return out  # type: ignore[return-value]
@@ -334,23 +418,47 @@ class FeatureStore:
 
     @property
     def streams(self) -> list[str]:
-        """Names of the streams present (any status)."""
+        """Names of the streams present (any status; damaged ones included, see :attr:`damaged`)."""
         return list_streams(self.root)
 
+    @property
+    def damaged(self) -> dict[str, str]:
+        """Streams that cannot be read -> why (one line each); the others read normally."""
+        out = {n: g for n, g in stream_groups(self.root).items() if isinstance(g, str)}
+        for name in self.streams:
+            if name not in out:
+                try:
+                    self.stream(name)
+                except StoreError as e:
+                    out[name] = str(e)
+        return out
+
     def stream(self, name: str) -> Stream:
-        if name not in self.streams:
+        groups = stream_groups(self.root)
+        if name not in groups or name in S.STREAM_MODALITIES:
             from avx.errors import UnknownNameError
 
             raise UnknownNameError("stream", name, self.streams)
-        return Stream(self.root[S.stream_path(name)], name, self.sample_ids)
+        g = groups[name]
+        if isinstance(g, str):
+            raise StoreError(f"{self.url}: {g}")
+        try:
+            return Stream(g, name, self.sample_ids)
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{self.url}: stream {name}: unreadable ({_why(e)})") from None
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: corpus, samples, labels, and each stream with provenance."""
-        streams = {}
+        streams, damaged = {}, {}
         for name in self.streams:
-            s = self.stream(name)
+            try:
+                s = self.stream(name)
+            except StoreError as e:
+                damaged[name] = str(e)
+                continue
             streams[name] = {
                 **s.counts(),
+                "failure_reasons": s.failure_counts(),
                 "frame_shape": list(s.spec.frame_shape),
                 "dtype": s.spec.dtype,
                 "frame_rate": s.spec.frame_rate,
@@ -378,6 +486,7 @@ class FeatureStore:
             "created": self.root.attrs.get("created"),
             "avx_version": self.root.attrs.get("avx_version"),
             "streams": streams,
+            "damaged_streams": damaged,
         }
 
     def __repr__(self) -> str:

@@ -20,9 +20,9 @@ from avx.corpora.protocols import Protocol
 from avx.errors import AvxError
 from avx.store_schema import spec as S
 from avx.store_schema.labels import derive_rater_labels
-from avx.store_schema.reader import list_streams
+from avx.store_schema.reader import INCOMPLETE, index_problem, stream_groups
 from avx.store_schema.writer import StreamSpec
-from avx.store_schema.zarrio import is_local, local_path, open_root
+from avx.store_schema.zarrio import is_local, local_path, missing_chunks, open_root
 
 
 @dataclass
@@ -44,11 +44,16 @@ class ValidationReport:
         return f"{self.url}: invalid: {self.errors[0]}{more}"
 
 
-def _check_chunks(arr: zarr.Array, what: str, report: ValidationReport, deep: bool) -> None:
+def _check_chunks(
+    arr: zarr.Array, what: str, report: ValidationReport, deep: bool, finite: bool = False
+) -> None:
+    """Every chunk exists (cheap: a listing, or one existence check per chunk where the
+    store cannot list); ``deep`` also decodes each (crc32c) and, for ``finite`` arrays,
+    looks for NaN/Inf, which extraction never commits."""
     try:
         present = arr.nchunks_initialized
     except (NotImplementedError, OSError):  # stores that cannot list (HTTP)
-        present = arr.nchunks
+        present = arr.nchunks - len(missing_chunks(arr))
     if present < arr.nchunks:
         report.errors.append(f"{what}: {arr.nchunks - present} of {arr.nchunks} chunks missing")
         return
@@ -56,20 +61,23 @@ def _check_chunks(arr: zarr.Array, what: str, report: ValidationReport, deep: bo
         try:
             step = arr.chunks[0]
             for a in range(0, arr.shape[0], step):
-                arr[a : a + step]
+                block = arr[a : a + step]
+                if finite and block.dtype.kind == "f" and not np.isfinite(block).all():
+                    bad = int((~np.isfinite(block)).sum())
+                    report.errors.append(f"{what}: {bad} non-finite values in frames {a}:{a + len(block)}")
+                    return
         except Exception as e:
             report.errors.append(f"{what}: unreadable chunk ({type(e).__name__}: {e})")
 
 
-def _validate_stream(root: zarr.Group, name: str, n: int, report: ValidationReport, deep: bool) -> None:
-    g = root[S.stream_path(name)]
+def _validate_stream(g: zarr.Group, name: str, n: int, report: ValidationReport, deep: bool) -> None:
     try:
         spec = StreamSpec.from_attrs(g.attrs[S.STREAM_ATTR])
     except (KeyError, TypeError) as e:
         report.errors.append(f"stream {name}: unreadable spec ({e})")
         return
-    if S.INDEX not in g or S.PARTS not in g:
-        report.errors.append(f"stream {name}: no index or parts")
+    if why := index_problem(g):
+        (report.warnings if why == INCOMPLETE else report.errors).append(f"stream {name}: {why}")
         return
     raw = np.asarray(g[S.INDEX][...])
     if raw.shape != (n, len(S.INDEX_COLUMNS)):
@@ -105,7 +113,7 @@ def _validate_stream(root: zarr.Group, name: str, n: int, report: ValidationRepo
                     " (truncated array?)"
                 )
                 continue
-            _check_chunks(arr, what, report, deep)
+            _check_chunks(arr, what, report, deep, finite=arr_name == S.DATA)
         if arrays and S.DATA in part and str(part[S.DATA].dtype) != spec.dtype:
             report.errors.append(f"stream {name} part {key}: dtype {part[S.DATA].dtype} != {spec.dtype}")
         spans = sorted((int(index.start[r]), int(index.stop[r])) for r in rows)
@@ -212,9 +220,12 @@ def validate_store(url: str | os.PathLike[str], *, deep: bool = False) -> Valida
         report.errors.append(f"missing required entry {e}")
         return report
 
-    for name in list_streams(root):
+    for name, g in stream_groups(root).items():
+        if isinstance(g, str):
+            report.errors.append(g)
+            continue
         try:
-            _validate_stream(root, name, n, report, deep)
+            _validate_stream(g, name, n, report, deep)
         except Exception as e:
             report.errors.append(f"stream {name}: {type(e).__name__}: {e}")
 

@@ -30,10 +30,10 @@ import numpy as np
 import zarr
 
 from avx.corpora.base import CorpusMetadata, ImportedStream
-from avx.errors import StoreError
+from avx.errors import MediaError, StoreError
 from avx.store_schema import spec as S
 from avx.store_schema.labels import derive_rater_labels
-from avx.store_schema.zarrio import local_path, write_array, write_table
+from avx.store_schema.zarrio import local_path, local_path_of, missing_chunks, write_array, write_table
 
 
 def _now() -> str:
@@ -325,6 +325,13 @@ class PartBuilder:
             raise ValueError(f"{self.spec.name}: {len(timestamps)} timestamps for {len(data)} frames")
         if set(fields) != set(self.spec.fields):
             raise ValueError(f"{self.spec.name}: fields {sorted(fields)} != {sorted(self.spec.fields)}")
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            # Never committed: a NaN/Inf frame is a damaged input (or an overflow in the
+            # backbone), and readers would take it for data.
+            bad = int((~np.isfinite(data)).any(axis=tuple(range(1, data.ndim))).sum())
+            raise MediaError(
+                f"{self.spec.name}: {bad} of {len(data)} frames have non-finite features (NaN or Inf)"
+            )
         with np.errstate(over="ignore"):  # overflow is detected and refused just below
             stored = data.astype(self.spec.dtype, copy=False)
         if stored.dtype == np.float16 and data.dtype != np.float16 and data.size:
@@ -351,6 +358,7 @@ class PartBuilder:
         part.attrs.update(
             {
                 "rows": [p.row for p in buf],
+                "lengths": lengths,  # with rows: what `avx store repair` rebuilds the index from
                 "failures": {str(r): why for r, why in self.failures.items()},
                 "notes": {str(r): n for r, n in self.notes.items()},
                 "n_frames": int(stops[-1]) if buf else 0,
@@ -406,27 +414,25 @@ class StreamWriter:
         self.part_size, self.part_bytes = max(1, part_size), part_bytes
         self.n_samples = int(root.attrs["n_samples"])
         path = S.stream_path(spec.name)
+        where = f"{local_path_of(root)}: stream '{spec.name}'"
         if path in root:
-            self.group = root[path]
-            old = StreamSpec.from_attrs(self.group.attrs[S.STREAM_ATTR])
+            try:
+                self.group = root[path]
+                old = StreamSpec.from_attrs(self.group.attrs[S.STREAM_ATTR])
+            except Exception as e:
+                raise StoreError(
+                    f"{where} is damaged (unreadable metadata: {type(e).__name__}); nothing was"
+                    " written; pass --overwrite to replace it"
+                ) from None
             why = spec_mismatch(old, spec)
             if why:
                 raise StoreError(
-                    f"{root.store}: stream '{spec.name}' was written with other settings ({why});"
+                    f"{where} was written with other settings ({why});"
                     " pass --overwrite to replace the stream, or use another store"
                 )
+            _complete(self.group, self.n_samples, where)
         else:
-            self.group = root.require_group(path)
-            self.group.attrs.update({S.STREAM_ATTR: spec.to_attrs(), "history": []})
-            self.group.create_group(S.PARTS)
-            self.group.create_array(
-                S.INDEX,
-                shape=(self.n_samples, len(S.INDEX_COLUMNS)),
-                chunks=(max(1, self.n_samples), len(S.INDEX_COLUMNS)),
-                dtype="int64",
-                fill_value=0,
-                attributes={"columns": list(S.INDEX_COLUMNS)},
-            )
+            self.group = _create_stream(root, path, spec, self.n_samples)
         self.index = S.StreamIndex(self.group[S.INDEX][...])
         self._parts = self.group[S.PARTS]
         self._remove_orphans()
@@ -514,6 +520,121 @@ class StreamWriter:
             }
         )
         self.group.attrs["history"] = history
+
+
+def _new_index(group: zarr.Group, n_samples: int) -> zarr.Array:
+    return group.create_array(
+        S.INDEX,
+        shape=(n_samples, len(S.INDEX_COLUMNS)),
+        chunks=(max(1, n_samples), len(S.INDEX_COLUMNS)),
+        dtype="int64",
+        fill_value=0,
+        attributes={"columns": list(S.INDEX_COLUMNS)},
+        config={"write_empty_chunks": True},
+    )
+
+
+def _create_stream(root: zarr.Group, path: str, spec: StreamSpec, n_samples: int) -> zarr.Group:
+    """Create a stream atomically: built whole in a hidden sibling folder (spec, empty
+    index written out, ``parts``), then renamed into place, so a kill leaves either no
+    stream or a complete empty one."""
+    parent_path, _, leaf = path.rpartition("/")
+    root.require_group(parent_path)
+    base = local_path_of(root)
+    final = base / path
+    for stale in final.parent.glob(f".creating-{leaf}-*"):  # a killed creation's (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".creating-{leaf}-{os.getpid()}"
+    g = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
+    g.attrs.update({S.STREAM_ATTR: spec.to_attrs(), "history": []})
+    g.create_group(S.PARTS)
+    _new_index(g, n_samples)[...] = np.zeros((n_samples, len(S.INDEX_COLUMNS)), np.int64)
+    os.rename(tmp, final)  # fails if another writer created it first (the locks prevent that)
+    # Opened afresh: the caller's root may be a consolidated snapshot that cannot see it.
+    return zarr.open_group(root.store_path.store, path=path, mode="r+", zarr_format=3, use_consolidated=False)
+
+
+def _complete(group: zarr.Group, n_samples: int, where: str) -> None:
+    """Finish a stream whose creation an older avx left half done (spec, no index or
+    parts), and refuse one whose index was lost while parts hold data."""
+    has_parts = S.PARTS in group and bool(list(group[S.PARTS].group_keys()))
+    if S.INDEX in group and not missing_chunks(group[S.INDEX]):
+        if S.PARTS not in group:
+            group.create_group(S.PARTS)
+        return
+    if has_parts:
+        raise StoreError(
+            f"{where}: its index is missing but its parts hold data; nothing was written;"
+            " run `avx store repair` to rebuild the index from the parts"
+        )
+    if S.PARTS not in group:
+        group.create_group(S.PARTS)
+    if S.INDEX not in group:
+        _new_index(group, n_samples)
+    group[S.INDEX][...] = np.zeros((n_samples, len(S.INDEX_COLUMNS)), np.int64)
+
+
+@dataclass
+class RepairReport:
+    stream: str
+    committed: int = 0
+    failed: int = 0
+    parts_used: list[str] = field(default_factory=list)
+    parts_skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        skipped = "; ".join(f"part {k}: {why}" for k, why in self.parts_skipped.items())
+        return (
+            f"stream {self.stream}: index rebuilt from {len(self.parts_used)} part(s): {self.committed}"
+            f" committed, {self.failed} failed" + (f"; skipped {skipped}" if skipped else "")
+        )
+
+
+def repair_index(root: zarr.Group, name: str) -> RepairReport:
+    """Rebuild stream ``name``'s index from its parts' own records (the caller holds its lock).
+
+    Every part records the rows it holds, their frame counts and its failures, so the
+    index (status, part, start, stop per sample) follows from the parts alone. A part
+    whose arrays are incomplete or lost chunks is skipped: its rows stay missing and
+    the next extract redoes them. Where parts overlap (a retried failure), the later
+    part wins, as it did when it was committed.
+    """
+    g = root[S.stream_path(name)]
+    spec = StreamSpec.from_attrs(g.attrs[S.STREAM_ATTR])
+    n = int(root.attrs["n_samples"])
+    report = RepairReport(name)
+    index = S.StreamIndex(np.zeros((n, len(S.INDEX_COLUMNS)), np.int64))
+    parts = g.require_group(S.PARTS)
+    for key in sorted(parts.group_keys(), key=int):
+        part = parts[key]
+        rows = [int(r) for r in part.attrs.get("rows", [])]
+        n_frames = int(part.attrs.get("n_frames", -1))
+        lengths = part.attrs.get("lengths")
+        if lengths is None and len(rows) <= 1:
+            lengths = [n_frames] * len(rows)  # one sample: its length is the part's
+        if lengths is None or len(lengths) != len(rows) or sum(lengths) != n_frames:
+            report.parts_skipped[key] = "no per-sample lengths (written before avx recorded them)"
+            continue
+        arrays = [S.DATA, S.TIMESTAMPS, *spec.fields]
+        broken = [
+            a for a in arrays if a not in part or part[a].shape[0] != n_frames or missing_chunks(part[a])
+        ]
+        if broken:
+            report.parts_skipped[key] = f"incomplete arrays {broken}"
+            continue
+        stops = np.cumsum(lengths, dtype=np.int64)
+        for r, a, b in zip(rows, stops - np.asarray(lengths, np.int64), stops, strict=True):
+            index.array[r] = (S.Status.COMMITTED, int(key), int(a), int(b))
+        for r in part.attrs.get("failures", {}):
+            if index.status[int(r)] != S.Status.COMMITTED:
+                index.array[int(r)] = (S.Status.FAILED, int(key), 0, 0)
+        report.parts_used.append(key)
+    if S.INDEX not in g:
+        _new_index(g, n)
+    g[S.INDEX][...] = index.array
+    report.committed = int(index.committed().sum())
+    report.failed = int(index.failed().sum())
+    return report
 
 
 def consolidate(path: str | Path) -> None:

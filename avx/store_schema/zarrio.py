@@ -8,6 +8,7 @@ relies on that. Other URLs go through fsspec and are read-only for avx.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from avx.errors import StoreError
 
@@ -34,8 +36,32 @@ def is_local(url: str | os.PathLike[str]) -> bool:
 
 
 def local_path(url: str | os.PathLike[str]) -> Path:
+    """The folder of a local store (a path or ``file://`` URL); any other URL is refused.
+
+    Writers go through here, so ``--store s3://bucket/x.zarr`` is a one-line error rather
+    than a local folder named ``s3:``.
+    """
     s = str(url)
-    return Path(s[len("file://") :] if s.startswith("file://") else s)
+    if s.startswith("file://"):
+        return Path(s[len("file://") :])
+    if "://" in s or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:/", s):
+        raise StoreError(
+            f"{s}: avx writes stores on local or network file systems only; extract to a local"
+            " path, then copy the finished folder there (docs/store.md)"
+        )
+    return Path(s)
+
+
+def is_local_group(group: zarr.Group) -> bool:
+    return isinstance(group.store_path.store, zarr.storage.LocalStore)
+
+
+def local_path_of(group: zarr.Group) -> Path:
+    """The folder of a group's (local) store root: avx writes local stores only."""
+    store = group.store_path.store
+    if not isinstance(store, zarr.storage.LocalStore):
+        raise StoreError(f"{store}: avx writes stores on local or network file systems only")
+    return Path(store.root)
 
 
 def open_root(url: str | os.PathLike[str], *, writable: bool = False) -> zarr.Group:
@@ -58,9 +84,49 @@ def open_root(url: str | os.PathLike[str], *, writable: bool = False) -> zarr.Gr
         store = zarr.storage.FsspecStore.from_url(str(url), read_only=True)
         return zarr.open_group(store, mode="r", use_consolidated=True, zarr_format=3)
     except ImportError as e:
-        raise StoreError(f"{url}: cannot open ({e}); install the fsspec backend") from None
+        scheme = str(url).split("://", 1)[0]
+        need = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs"}.get(scheme, f"fsspec's {scheme} backend")
+        raise StoreError(
+            f"{url}: reading {scheme}:// stores needs {need} (pip install 'avx[remote]'); {e}"
+        ) from None
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise StoreError(f"{url}: cannot open store ({type(e).__name__}: {e})") from None
+
+
+def missing_chunks(arr: zarr.Array, start: int = 0, stop: int | None = None) -> list[int]:
+    """Indices of the chunks (along axis 0) covering rows ``start:stop`` that do not exist.
+
+    Zarr reads an absent chunk as its fill value, so without this check a lost chunk
+    would come back as zeros. avx writes every chunk (``write_empty_chunks``), so an
+    absent one is always damage.
+    """
+    stop = arr.shape[0] if stop is None else stop
+    if arr.ndim == 0 or stop <= start:
+        return []
+    step = arr.chunks[0]
+    store, base = arr.store_path.store, arr.path
+    rest = (0,) * (arr.ndim - 1)
+    keys = {
+        i: f"{base}/{arr.metadata.encode_chunk_key((i, *rest))}"
+        for i in range(start // step, (stop - 1) // step + 1)
+    }
+    return [i for i, key in keys.items() if not sync(store.exists(key))]
+
+
+def child_names(group: zarr.Group) -> list[str]:
+    """Names of ``group``'s children without parsing their metadata, so one garbled
+    ``zarr.json`` cannot hide its siblings. Local stores list the folder; others (HTTP
+    cannot list) use the consolidated metadata."""
+    store = group.store_path.store
+    if isinstance(store, zarr.storage.LocalStore):
+        prefix = group.path
+
+        async def collect() -> list[str]:
+            return [n async for n in store.list_dir(prefix)]
+
+        names = sync(collect())
+        return sorted(n for n in names if n != "zarr.json" and not n.startswith("."))
+    return sorted(k for k, _ in group.members())
 
 
 def write_array(
