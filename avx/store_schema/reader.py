@@ -424,13 +424,12 @@ class FeatureStore:
     @property
     def damaged(self) -> dict[str, str]:
         """Streams that cannot be read -> why (one line each); the others read normally."""
-        out = {n: g for n, g in stream_groups(self.root).items() if isinstance(g, str)}
-        for name in self.streams:
-            if name not in out:
-                try:
-                    self.stream(name)
-                except StoreError as e:
-                    out[name] = str(e)
+        out = {}
+        for name, g in stream_groups(self.root).items():  # one listing, each stream opened once
+            try:
+                self._open(name, g)
+            except StoreError as e:
+                out[name] = g if isinstance(g, str) else str(e)
         return out
 
     def stream(self, name: str) -> Stream:
@@ -439,7 +438,10 @@ class FeatureStore:
             from avx.errors import UnknownNameError
 
             raise UnknownNameError("stream", name, self.streams)
-        g = groups[name]
+        return self._open(name, groups[name])
+
+    def _open(self, name: str, g: zarr.Group | str) -> Stream:
+        """Stream ``name`` from its :func:`stream_groups` entry (a reason: it is damaged)."""
         if isinstance(g, str):
             raise StoreError(f"{self.url}: {g}")
         try:
@@ -450,9 +452,11 @@ class FeatureStore:
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: corpus, samples, labels, and each stream with provenance."""
         streams, damaged = {}, {}
-        for name in self.streams:
+        for name, g in stream_groups(self.root).items():
+            if name in S.STREAM_MODALITIES:
+                continue  # a modality group's own damage: listed by `damaged`, as before
             try:
-                s = self.stream(name)
+                s = self._open(name, g)
             except StoreError as e:
                 damaged[name] = str(e)
                 continue
