@@ -267,10 +267,6 @@ def extract_cmd(
     Exit status 0: every sample done; 3: the run finished but some samples failed
     (each with a recorded one-line reason); 2: a usage or input error stopped it.
     """
-    from avx.extract.faces import FaceConfig
-    from avx.extract.media import FrameSampling
-    from avx.extract.run import PARTIAL_EXIT_CODE, ExtractOptions, extract
-
     if list_:
         _print_cards("backbones")
         return
@@ -293,6 +289,13 @@ def extract_cmd(
         raise AvxError(f"unknown --missing-face '{missing_face}'; valid: reuse, mark")
     if dtype not in (None, "float16", "float32"):
         raise AvxError(f"unknown --dtype '{dtype}'; valid: float16, float32")
+    from avx.corpora import CORPORA
+
+    CORPORA.get(corpus)  # a typo is reported before torch is imported (seconds)
+    from avx.extract.faces import FaceConfig
+    from avx.extract.media import FrameSampling
+    from avx.extract.run import PARTIAL_EXIT_CODE, ExtractOptions, extract
+
     if frames:
         sampling = FrameSampling("uniform", n=frames, seconds=seconds)
     elif fps:
@@ -469,6 +472,12 @@ def fuse_train(
     fold: Annotated[int, typer.Option(help="Fold of the protocol.")] = 0,
     trials: Annotated[int, typer.Option(help="Run folds 0..K-1 and write a mean ± std table.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from RUN/checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the run --out holds (cleared first); without it, it is refused.")
+    ] = False,
+    keep_checkpoint: Annotated[
+        bool, typer.Option(help="Keep RUN/checkpoint after the run finishes (removed by default).")
+    ] = False,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples of test clips for the headline metric's 95% CI (0: off).")
     ] = 1000,
@@ -544,13 +553,23 @@ def fuse_train(
         config = apply_preset(config, preset, _explicit(ctx))
     method = config.method
     if trials:
-        summary = run_trials(config, out_dir, trials, console=err, resume=resume)
+        summary = run_trials(
+            config,
+            out_dir,
+            trials,
+            console=err,
+            resume=resume,
+            overwrite=overwrite,
+            keep_checkpoint=keep_checkpoint,
+        )
         out.print(markdown(trials_table(summary)), highlight=False)
         out.print(f"wrote {out_dir}/trials.md, trials.csv, trials.json and fold-*/")
         return
     from avx.fuse.runs import metrics_table
 
-    metrics = train(config, out_dir, console=err, resume=resume)
+    metrics = train(
+        config, out_dir, console=err, resume=resume, overwrite=overwrite, keep_checkpoint=keep_checkpoint
+    )
     out.print(metrics_table(metrics, title=f"{method} on {store} ({labels}, {task})"))
     out.print(f"wrote {out_dir}/metrics.json, config.json, model.json, model.safetensors, predictions.csv")
 
@@ -655,10 +674,18 @@ def fuse_compare(
     csv: Annotated[Opt[Path], typer.Option(help="Also write the table as CSV.")] = None,
 ) -> None:
     """Side-by-side test results with bootstrap CIs and paired t-test p-values vs the first run."""
+    import pandas as pd
+
     from avx.fuse.runs import compare_runs, markdown
 
     table = compare_runs(list(runs), metric)
-    out.print(markdown(table), highlight=False)
+    shown = table.astype({"std": object, "p_vs_first": object})
+    for i, row in table.iterrows():  # say why a cell is empty instead of printing nan
+        if row["folds"] < 2:
+            shown.loc[i, "std"] = "needs ≥ 2 trials"
+        if pd.isna(row["p_vs_first"]):
+            shown.loc[i, "p_vs_first"] = "reference" if i == 0 else "needs ≥ 2 common folds"
+    out.print(markdown(shown), highlight=False)
     if csv:
         table.to_csv(csv, index=False)
 

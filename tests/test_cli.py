@@ -36,6 +36,7 @@ def test_help_through_the_real_command() -> None:
     assert "Usage: " in proc.stdout and "--preset" in proc.stdout and "--bootstrap" in proc.stdout
 
 
+@pytest.mark.slow
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "avx"
     proc = subprocess.run(
@@ -99,3 +100,18 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     again = run_avx("demo", "--out", out, "--clips", "18", "--epochs", "3", "--seed", "0")
     assert "reusing demo corpus" in again.stdout
     assert json.loads((out / "runs" / "mult" / "metrics.json").read_text())["test"] == metrics["test"]
+
+
+def test_usage_errors_come_before_heavy_imports(tmp_path: Path) -> None:
+    """An unknown corpus is reported without importing torch (which takes seconds)."""
+    code = (
+        "import sys\n"
+        "from avx.cli import main\n"
+        "sys.argv = ['avx', 'extract', '--corpus', 'nosuch', '--root', '.', '--store', 'x.zarr',"
+        " '--backbone', 'mfcc']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert "unknown corpus 'nosuch'" in proc.stderr and "exit 2" in proc.stdout
+    assert "torch imported: False" in proc.stdout

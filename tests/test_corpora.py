@@ -119,6 +119,7 @@ def test_cremad_real_metadata_store_init_cli(cremad_meta_root: Path, tmp_path: P
     assert "multi-label 5197 (69.8%)" in info and "speaker-trials (default)" in info
 
 
+@pytest.mark.slow
 def test_speaker_trials_reproducible_and_configurable(cremad_meta_root: Path, tmp_path: Path) -> None:
     spk = [f"s{i}" for i in range(91)]
     a, b = speaker_trials(spk, k=3, seed=1), speaker_trials(spk, k=3, seed=1)

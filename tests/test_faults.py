@@ -348,13 +348,17 @@ def test_http_reads_equal_local_and_stale_metadata_is_one_line(
         stale.read_many(stale.committed_ids)
 
 
-def test_remote_urls_are_read_only_with_a_one_line_error(demo_corpus: Path, tmp_path: Path) -> None:
+def test_remote_urls_are_not_write_targets() -> None:
     from avx.store_schema.zarrio import local_path
 
     for target in ("s3://bucket/x.zarr", "gs://bucket/x.zarr", "https://host/x.zarr", "s3:/bucket/x.zarr"):
         with pytest.raises(StoreError, match="writes stores on local or network file systems only"):
             local_path(target)
     assert local_path("file:///data/x.zarr") == Path("/data/x.zarr") and local_path("C:/x") == Path("C:/x")
+
+
+@pytest.mark.slow
+def test_writing_to_s3_from_the_cli_is_a_one_line_error(demo_corpus: Path, tmp_path: Path) -> None:
     init = ["store", "init", "--corpus", "avx-demo", "--root", demo_corpus, "--store", "s3://bucket/x.zarr"]
     extract = ["extract", "--corpus", "avx-demo", "--root", demo_corpus, "--store", "s3://bucket/x.zarr",
                "--backbone", "mfcc"]  # fmt: skip
@@ -409,3 +413,10 @@ def test_s3_reads_through_a_local_moto_server(demo_store: Path, tmp_path: Path) 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_wrong_store_paths_say_what_is_wrong(demo_store: Path, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such store \\(the path does not exist\\)"):
+        open_store(tmp_path / "nope.zarr")
+    with pytest.raises(StoreError, match=f"not the root of an avx store .*the store's root is {demo_store}"):
+        open_store(demo_store / "streams" / "audio")

@@ -412,6 +412,7 @@ def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path)
     assert "| macro_f1 |" in (trials / "trials.md").read_text()
     cmp = run_avx("fuse", "compare", trials, late)
     assert "p_vs_first" in cmp.stdout and "late" in cmp.stdout
+    assert "nan" not in cmp.stdout and "needs ≥ 2 trials" in cmp.stdout  # the single run's std
     bad = run_avx(
         "fuse",
         "train",
@@ -426,6 +427,8 @@ def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path)
         check=False,
     )
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown stream 'audio/wavlm'")
+    valid = bad.stderr.strip().split("valid: ")[1].split(", ")
+    assert "audio/mfcc" in valid and "faces" not in valid  # only streams that can be trained on
     methods = run_avx("fuse", "methods").stdout
     assert all(m in methods for m in METHODS.names())
 

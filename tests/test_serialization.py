@@ -233,14 +233,16 @@ def test_pickled_run_folders_are_refused_then_converted_on_request(trained: Path
 def test_a_resume_checkpoint_with_a_payload_is_refused(small_store: Path, tmp_path: Path) -> None:
     cfg = _cfg(small_store, epochs=2)
     run = tmp_path / "run"
-    train(replace(cfg, epochs=1), run)
+    train(replace(cfg, epochs=1), run, keep_checkpoint=True)
     state = next((run / "checkpoint").glob("epoch-*.pt"))
     torch.save({"epoch": 1, "history": [_Payload(tmp_path / "PWNED")]}, state)
     with pytest.raises(AvxError, match=r"epoch-0001\.pt: refused"):
         train(cfg, run, resume=True)
     assert not (tmp_path / "PWNED").exists()
     (run / "checkpoint").rename(run / "moved")
-    torch.save({"model": {}}, run / "last.pt")  # a pickled checkpoint of an older avx
+    for f in ("model.safetensors", "metrics.json"):  # an interrupted run of an older avx
+        (run / f).unlink()
+    torch.save({"model": {}}, run / "last.pt")  # its pickled checkpoint
     with pytest.raises(AvxError, match=r"last\.pt: pickled checkpoint.*avx fuse convert"):
         train(cfg, run, resume=True)
 
@@ -279,7 +281,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one(
     )  # fmt: skip
     assert proc.returncode == -9, proc.stderr
     assert json.loads((run / "checkpoint" / "latest.json").read_text())["epoch"] == 1
-    resumed = train(_cfg(small_store, epochs=4), run, resume=True)
+    resumed = train(_cfg(small_store, epochs=4), run, resume=True, keep_checkpoint=True)
     reference = train(_cfg(small_store, epochs=4), tmp_path / "ref")
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(reference["history"]) and resumed["test"] == reference["test"]
@@ -355,3 +357,25 @@ def test_remote_store_with_a_pickle_codec_is_refused(
     consolidate(www / "good.zarr")
     store = open_store(f"{url}/good.zarr")
     assert len(store.samples) == 40 and store.corpus == "synth"
+
+
+def test_a_run_folder_is_always_one_run(small_store: Path, tmp_path: Path) -> None:
+    """``--out`` holding a run is refused unless --overwrite (cleared first) or --resume;
+    the checkpoint goes once the run is written; a failed run leaves no folder."""
+    run = tmp_path / "run"
+    first = train(_cfg(small_store, epochs=1), run)
+    assert not (run / "checkpoint").exists() and (run / "model.safetensors").exists()
+    with pytest.raises(AvxError, match=r"already holds a run .*--overwrite.*--resume"):
+        train(_cfg(small_store, epochs=1, seed=1), run)
+    assert json.loads((run / "metrics.json").read_text())["seed"] == first["seed"]  # untouched
+    with pytest.raises(AvxError, match="this run is finished"):
+        train(_cfg(small_store, epochs=1), run, resume=True)
+    (run / "stale-extra.txt").write_text("from the old run")
+    second = train(_cfg(small_store, epochs=1, seed=1), run, overwrite=True, keep_checkpoint=True)
+    assert second["seed"] == 1 and not (run / "stale-extra.txt").exists()  # cleared, not mixed
+    assert (run / "checkpoint" / "latest.json").exists()
+    assert FusionRun.from_pretrained(run).config.seed == 1
+    failed = tmp_path / "failed"
+    with pytest.raises(AvxError):
+        train(replace(_cfg(small_store, epochs=1), data=DataConfig(streams=("audio/none",))), failed)
+    assert not failed.exists()

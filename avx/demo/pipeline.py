@@ -83,6 +83,7 @@ def run_demo(
                 ),
                 out_dir / "runs" / method,
                 console=err,
+                overwrite=True,  # the demo retrains its runs on every call
             )
         )
     t3 = time.time()

@@ -21,7 +21,7 @@ from rich.table import Table
 from avx.errors import AvxError
 from avx.fuse import metrics as M
 from avx.fuse.run_folder import FusionRun, load_run
-from avx.fuse.train import TrainConfig, train
+from avx.fuse.train import TrainConfig, is_finished, train
 from avx.serialization import write_json
 from avx.store_schema import open_store
 
@@ -34,9 +34,20 @@ LoadedRun = FusionRun  # the name before runs had save_pretrained/from_pretraine
 
 
 def run_trials(
-    config: TrainConfig, out_dir: str | Path, k: int, *, console: Console | None = None, resume: bool = False
+    config: TrainConfig,
+    out_dir: str | Path,
+    k: int,
+    *,
+    console: Console | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Train on folds 0..k-1 of the protocol; write per-fold runs and a mean ± std table."""
+    """Train on folds 0..k-1 of the protocol; write per-fold runs and a mean ± std table.
+
+    ``resume`` keeps finished folds (their ``metrics.json``) and continues interrupted
+    ones; ``overwrite`` retrains every fold (see :func:`~avx.fuse.train.train`).
+    """
     out = Path(out_dir)
     protocol = open_store(config.store).protocol(config.data.protocol)
     if not 1 <= k <= protocol.n_folds:
@@ -44,7 +55,20 @@ def run_trials(
     runs = []
     for fold in range(k):
         cfg = replace(config, data=replace(config.data, fold=fold))
-        runs.append(train(cfg, out / f"fold-{fold}", console=console, resume=resume))
+        folder = out / f"fold-{fold}"
+        if resume and is_finished(folder):
+            runs.append(json.loads((folder / "metrics.json").read_text()))
+            continue
+        runs.append(
+            train(
+                cfg,
+                folder,
+                console=console,
+                resume=resume,
+                overwrite=overwrite,
+                keep_checkpoint=keep_checkpoint,
+            )
+        )
     summary = summarize_trials(runs)
     write_json(out / "trials.json", summary)
     table = trials_table(summary)

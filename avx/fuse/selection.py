@@ -88,8 +88,9 @@ class Selection:
     # -- selection ---------------------------------------------------------------------
     def _add_stream(self, spec: str) -> None:
         name, layers = parse_stream(spec)
+        trainable = [n for n in self.store.streams if n != S.FACES]  # crops are not features
         if name not in self.store.streams:
-            raise UnknownNameError("stream", name, self.store.streams)
+            raise UnknownNameError("stream", name, trainable)
         if name == S.FACES:
             raise AvxError("faces is a crop stream; select features (video/<backbone>) instead")
         st = self.streams[name] = self.store.stream(name)

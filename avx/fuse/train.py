@@ -17,6 +17,7 @@ import contextlib
 import copy
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,6 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from avx.errors import AvxError
 from avx.fuse import metrics as M
+from avx.fuse.checkpoint import FOLDER as CHECKPOINT_FOLDER
 from avx.fuse.checkpoint import load_checkpoint, save_checkpoint
 from avx.fuse.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from avx.fuse.data import FusionData
@@ -426,22 +428,80 @@ def _tensorboard(out: Path) -> Any:
     return SummaryWriter(str(out / "tensorboard"))
 
 
+RUN_FILES = (
+    "config.json",
+    "model.json",
+    "model.safetensors",
+    "metrics.json",
+    "checkpoint",
+    "model.pt",
+    "last.pt",
+)
+"""What marks a folder as holding a run (of this avx or an older one)."""
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path,
     *,
     console: Console | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    keep_checkpoint: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config.method``; writes ``config.json``, ``metrics.json``, the model
-    (``model.json``, ``model.safetensors``, ``normalizer.safetensors``),
-    ``predictions.csv`` and the resumable ``checkpoint/`` into ``out_dir``."""
+    (``model.json``, ``model.safetensors``, ``normalizer.safetensors``) and
+    ``predictions.csv`` into ``out_dir``, and the resumable ``checkpoint/`` while it runs.
+
+    A folder is always one run: an ``out_dir`` that holds a run is refused unless
+    ``resume`` (continue an interrupted one) or ``overwrite`` (clear it first). The
+    checkpoint is removed once the run is written, unless ``keep_checkpoint``. A run
+    that fails before its first checkpoint leaves no folder behind.
+    """
     started = time.time()
     out = Path(out_dir)
-    trainer = Trainer(config, out, console)
-    if resume and trainer.resume():
-        trainer.console.print(f"resuming {out} after epoch {trainer.epoch}")
-    trainer.write_config()
-    trainer.fit(on_epoch_end)
-    return trainer.finish(started)
+    created = _claim(out, resume=resume, overwrite=overwrite)
+    try:
+        trainer = Trainer(config, out, console)
+        if resume and trainer.resume():
+            trainer.console.print(f"resuming {out} after epoch {trainer.epoch}")
+        trainer.write_config()
+        trainer.fit(on_epoch_end)
+        metrics = trainer.finish(started)
+    except BaseException:
+        if created and not (out / CHECKPOINT_FOLDER).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if not keep_checkpoint:
+        shutil.rmtree(out / CHECKPOINT_FOLDER, ignore_errors=True)
+    return metrics
+
+
+def is_finished(out: Path) -> bool:
+    """The folder holds a completed run: model and metrics written, checkpoint removed.
+
+    (A run kept with ``keep_checkpoint`` is resumable instead: ``--resume`` reloads its
+    last epoch and writes the run again.)"""
+    done = (out / "model.safetensors").exists() and (out / "metrics.json").exists()
+    return done and not (out / CHECKPOINT_FOLDER).exists()
+
+
+def _claim(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check ``out`` may receive this run; True when this call creates it."""
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if held:
+        if overwrite:
+            shutil.rmtree(out)
+        elif resume and is_finished(out):
+            raise AvxError(
+                f"{out}: this run is finished (nothing to resume); pass --overwrite to train it again"
+            )
+        elif not resume:
+            raise AvxError(
+                f"{out}: already holds a run ({', '.join(held)}); pass --overwrite to replace it,"
+                " --resume to continue an interrupted one, or another --out"
+            )
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    return created

@@ -9,6 +9,7 @@ committed, and the index is replaced atomically.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from collections import Counter
@@ -27,7 +28,15 @@ from avx.errors import StoreError
 from avx.store_schema import spec as S
 from avx.store_schema.labels import RaterLabels, label_statistics
 from avx.store_schema.writer import StreamSpec
-from avx.store_schema.zarrio import child_names, is_local_group, missing_chunks, open_root, read_table
+from avx.store_schema.zarrio import (
+    child_names,
+    is_local,
+    is_local_group,
+    local_path,
+    missing_chunks,
+    open_root,
+    read_table,
+)
 
 
 def stream_groups(root: zarr.Group) -> dict[str, zarr.Group | str]:
@@ -256,6 +265,14 @@ class FeatureStore:
         self.url = str(url)
         self.root = open_root(url)
         version = self.root.attrs.get(S.SCHEMA_ATTR)
+        if version is None and is_local(self.url):
+            root = next(
+                (p for p in local_path(self.url).resolve().parents if (p / "zarr.json").exists()
+                 and S.SCHEMA_ATTR in json.loads((p / "zarr.json").read_text()).get("attributes", {})),
+                None,
+            )  # fmt: skip
+            where = f"; the store's root is {root}" if root is not None else ""
+            raise StoreError(f"{self.url}: not the root of an avx store (no schema version){where}")
         if version != S.SCHEMA_VERSION:
             raise StoreError(
                 f"{self.url}: store schema version {version!r}, this avx reads {S.SCHEMA_VERSION}"

@@ -74,6 +74,8 @@ def open_root(url: str | os.PathLike[str], *, writable: bool = False) -> zarr.Gr
     """
     if is_local(url):
         path = local_path(url)
+        if not path.exists():
+            raise StoreError(f"{path}: no such store (the path does not exist)")
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: not an avx store (no zarr.json)")
         store = zarr.storage.LocalStore(path, read_only=not writable)

@@ -111,7 +111,10 @@ def _load_model(arch: str, spec: str | None, name: str) -> tuple[Any, dict[str, 
     try:
         config = AutoConfig.from_pretrained(src.spec)
     except Exception as e:
-        raise AvxError(f"{src.spec}: cannot load a transformers config ({type(e).__name__})") from None
+        raise AvxError(
+            f"{src.spec}: cannot load a transformers config ({type(e).__name__}); offline, pass"
+            f" --weights {name}=/path/to/a/save_pretrained/folder"
+        ) from None
     if config.model_type != arch:
         raise AvxError(f"{src.spec}: a '{config.model_type}' checkpoint, not {arch}; use that backbone name")
     model = AutoModel.from_pretrained(src.spec)
