@@ -36,6 +36,22 @@ app.add_typer(fuse_app, name="fuse")
 out = Console()
 err = Console(stderr=True)
 
+Threads = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        help="torch/BLAS threads (per worker with --workers); default OMP_NUM_THREADS, else physical"
+        " cores ÷ workers.",
+        show_default=False,
+    ),
+]
+
+
+def _threads(threads: int | None, workers: int = 0) -> None:
+    """Set the thread count (see :mod:`avx.threads`); it is printed where the work starts."""
+    from avx.threads import defer_announcement, set_threads
+
+    defer_announcement(set_threads(threads, workers))
+
 
 def _split_csv(values: list[str] | None) -> tuple[str, ...]:
     return tuple(v for item in values or [] for v in item.split(",") if v)
@@ -230,6 +246,7 @@ def extract_cmd(
     part_size: Annotated[int, typer.Option(help="Samples per committed part (and per task).")] = 64,
     decode_workers: Annotated[int, typer.Option(help="Threads decoding and detecting faces ahead.")] = 2,
     workers: Annotated[int, typer.Option(help="Dask worker processes on this machine (0: none).")] = 0,
+    threads: Threads = None,
     scheduler: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Address of a running Dask scheduler (tcp://host:8786); store must be shared."),
@@ -327,17 +344,20 @@ def extract_cmd(
             sampling=sampling,
         ),
     )
+    _threads(threads, workers)
     report = extract(corpus, root, store, options, console=err)  # type: ignore[arg-type]
     for name, c in report.streams.items():
         out.print(
             f"{name}: committed {c['committed_now']}, failed {c['failed_now']},"
-            f" {c['frames_now']} frames ({report.frames_per_s(name):.1f} frames/s)"
+            f" {c['frames_now']} frames ({report.frames_per_s(name):.1f} frames/s)",
+            soft_wrap=True,
         )
     for name in report.skipped_streams:
-        out.print(f"{name}: skipped (no input for it in this corpus)")
+        out.print(f"{name}: skipped (no input for it in this corpus)", soft_wrap=True)
     out.print(
         f"store {report.store}: {report.processed} sample(s) processed, {report.skipped} already done,"
-        f" {report.failed} failed, {report.wall_s:.1f} s wall"
+        f" {report.failed} failed, {report.wall_s:.1f} s wall",
+        soft_wrap=True,
     )
     if report.partial:
         err.print(
@@ -465,6 +485,7 @@ def fuse_train(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, batch order and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    threads: Threads = None,
     amp: Annotated[bool, typer.Option(help="float16 autocast on CUDA.")] = False,
     protocol: Annotated[
         Opt[str], typer.Option(help="Stored evaluation protocol (default: the store's).")
@@ -492,11 +513,6 @@ def fuse_train(
 ) -> None:
     """Train a fusion method; writes RUN/metrics.json, config.json, model.json, model.safetensors,
     normalizer.safetensors, predictions.csv."""
-    from avx.fuse.data import DataConfig
-    from avx.fuse.presets import apply_preset
-    from avx.fuse.runs import markdown, run_trials, trials_table
-    from avx.fuse.train import TrainConfig, train
-
     if method is None and preset is None:
         raise AvxError("give --method (see `avx fuse methods`) or --preset (see `avx fuse presets`)")
     lo, _, hi = bins.partition(",")
@@ -506,6 +522,13 @@ def fuse_train(
             thr = float(threshold)
         except ValueError:
             raise AvxError(f"--threshold takes a number or 'tune', not '{threshold}'") from None
+    if "://" not in store and not Path(store).exists():  # as open_store says it, without importing zarr
+        raise AvxError(f"{store}: no such store (the path does not exist)")
+    from avx.fuse.data import DataConfig  # torch: after the checks that need none (usage errors in < 1 s)
+    from avx.fuse.presets import apply_preset
+    from avx.fuse.runs import markdown, run_trials, trials_table
+    from avx.fuse.train import TrainConfig, train
+
     config = TrainConfig(
         store=store,
         method=method or "",
@@ -552,6 +575,7 @@ def fuse_train(
     if preset:
         config = apply_preset(config, preset, _explicit(ctx))
     method = config.method
+    _threads(threads)
     if trials:
         summary = run_trials(
             config,
@@ -571,7 +595,10 @@ def fuse_train(
         config, out_dir, console=err, resume=resume, overwrite=overwrite, keep_checkpoint=keep_checkpoint
     )
     out.print(metrics_table(metrics, title=f"{method} on {store} ({labels}, {task})"))
-    out.print(f"wrote {out_dir}/metrics.json, config.json, model.json, model.safetensors, predictions.csv")
+    out.print(
+        f"wrote {out_dir}/metrics.json, config.json, model.json, model.safetensors, predictions.csv",
+        soft_wrap=True,
+    )
 
 
 @fuse_app.command("convert")
@@ -619,11 +646,18 @@ def fuse_eval(
     seed: Annotated[int, typer.Option(help="Seed of the perturbations.")] = 0,
     ece_bins: Annotated[int, typer.Option(help="Equal-width confidence bins for ECE.")] = 15,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    threads: Threads = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
 ) -> None:
     """Score a run under test-time conditions; writes RUN/eval.json, eval.csv, eval.md."""
+    from avx.fuse.run_files import check_loadable
+
+    trials = (run / "trials.json").exists()  # a --trials directory: every fold, then mean ± std
+    if not trials:
+        check_loadable(run)  # before torch is imported: a wrong path is answered at once
     from avx.fuse.robustness import evaluate_run, evaluate_trials
 
+    _threads(threads)
     kw = dict(
         store=store,
         split=split,
@@ -641,7 +675,6 @@ def fuse_eval(
         occlude=_floats(occlude),
         console=err,
     )
-    trials = (run / "trials.json").exists()  # a --trials directory: every fold, then mean ± std
     res = evaluate_trials(run, **kw) if trials else evaluate_run(run, **kw)
     out.print(res["markdown"], highlight=False)
     out.print(f"wrote {run}/eval.json, eval.csv, eval.md" + (" (and each fold's)" if trials else ""))
@@ -656,11 +689,18 @@ def fuse_predict(
     ] = None,
     split: Annotated[str, typer.Option(help="train | dev | test | all.")] = "all",
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    threads: Threads = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
 ) -> None:
     """Write predictions with per-stream outputs and per-frame fusion weights / uncertainties."""
-    from avx.fuse.robustness import predict_run
+    from avx.fuse.run_files import check_loadable
 
+    check_loadable(run)  # before torch is imported
+    from avx.fuse.robustness import predict_run
+    from avx.threads import announce
+
+    _threads(threads)
+    announce(err)
     path = predict_run(run, store=store, out=out_dir, split=split, device=device, batch_size=batch_size)
     out.print(f"wrote {path}/predictions.csv, frames.npz")
 
@@ -742,10 +782,12 @@ def demo_cmd(
     ] = 144,
     seed: Annotated[int, typer.Option(help="Seed for the corpus and the training run.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    threads: Threads = None,
 ) -> None:
     """Generate the synthetic demo corpus, extract, validate, train late/context/MulT fusion, compare."""
     from avx.demo.pipeline import run_demo
 
+    _threads(threads)
     run_demo(out_dir, clips=clips, seed=seed, epochs=epochs, out=out, err=err)
 
 

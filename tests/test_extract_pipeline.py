@@ -248,6 +248,9 @@ def test_two_dask_workers_write_the_same_store_as_one_process(
         "none",
     ]
     args += ["--dtype", "float32", "--fps", "5", "--min-face-size", "40", "--limit", "4", "--part-size", "2"]
+    # One thread on both sides: kernels split reductions by thread count (see Plan.threads),
+    # and by default one process uses every core while each of 2 workers uses half.
+    args += ["--threads", "1"]
     one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
     if how == "workers":
         run_avx("extract", *args, "--store", one)
@@ -263,6 +266,7 @@ def test_two_dask_workers_write_the_same_store_as_one_process(
             run_avx("extract", *args, "--store", one)
             proc = run_avx("extract", *args, "--store", two, "--scheduler", cluster.scheduler_address)
     assert "4 sample(s) processed" in proc.stdout
+    assert "still alive" not in proc.stderr and "killing" not in proc.stderr  # workers exit cleanly
     sa, sb = open_store(one), open_store(two)
     assert sorted(sa.streams) == sorted(sb.streams)
     for name in sa.streams:

@@ -378,8 +378,8 @@ def test_cli_train_eval_predict_compare_trials(demo_store: Path, tmp_path: Path)
         "model.json",
         "model.safetensors",
         "predictions.csv",
-        "checkpoint",
     } <= {p.name for p in run.iterdir()}
+    assert not (run / "checkpoint").exists()  # removed once the run finished (--keep-checkpoint keeps it)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"] == "speaker-trials" and metrics["task"] == "multiclass"
     assert {"macro_f1", "ece", "brier", "ci95", "fairness"} <= set(metrics["test"])

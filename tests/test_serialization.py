@@ -379,3 +379,29 @@ def test_a_run_folder_is_always_one_run(small_store: Path, tmp_path: Path) -> No
     with pytest.raises(AvxError):
         train(replace(_cfg(small_store, epochs=1), data=DataConfig(streams=("audio/none",))), failed)
     assert not failed.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"not": "a run"}')
+    with pytest.raises(AvxError, match="not an avx run's; refusing to clear it"):
+        train(_cfg(small_store, epochs=1), mine, overwrite=True)
+    assert (mine / "config.json").exists()
+
+
+def test_an_interrupted_run_is_never_evaluated(small_store: Path, tmp_path: Path) -> None:
+    """Stopped after its first epoch: eval refuses the folder and says --resume continues it."""
+    run = tmp_path / "run"
+
+    def stop(epoch: int, _row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_store, epochs=2), run, on_epoch_end=stop)
+    assert (run / "config.json").exists() and (run / "checkpoint").exists()  # kept for --resume
+    with pytest.raises(
+        AvxError, match=r"not a finished run directory \(no model\.json\); `--resume` continues"
+    ):
+        FusionRun.from_pretrained(run)
+    with pytest.raises(AvxError, match="already holds a run"):
+        train(_cfg(small_store, epochs=2), run)
+    done = train(_cfg(small_store, epochs=2), run, resume=True)
+    assert len(done["history"]) == 2 and FusionRun.from_pretrained(run).config.epochs == 2

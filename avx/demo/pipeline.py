@@ -68,11 +68,13 @@ def run_demo(
     report = validate_store(store)
     if not report.ok:
         raise StoreError(report.summary())
-    out.print(f"[bold]3/4[/] {report.summary()}")
-    for name in open_store(store).streams:
-        out.print(f"      {open_store(store).stream(name)!r}")
+    out.print(f"[bold]3/4[/] {report.summary()}", soft_wrap=True)  # one line each in a log
+    opened = open_store(store)
+    for name in opened.streams:
+        out.print(f"      {opened.stream(name)!r}", soft_wrap=True)
     out.print(
-        f"[bold]4/4[/] training {', '.join(DEMO_METHODS)} on {', '.join(DEMO_STREAMS)} (AV-rated labels)"
+        f"[bold]4/4[/] training {', '.join(DEMO_METHODS)} on {', '.join(DEMO_STREAMS)} (AV-rated labels)",
+        soft_wrap=True,
     )
     results = []
     for method in DEMO_METHODS:
@@ -90,6 +92,7 @@ def run_demo(
     out.print(comparison_table(results, title="demo test results (synthetic data: proves the pipeline only)"))
     out.print(
         f"corpus {t1 - t0:.1f} s, extract {t2 - t1:.1f} s, train {t3 - t2:.1f} s; "
-        f"runs in {out_dir / 'runs'} (compare: avx fuse compare {out_dir / 'runs'}/*)"
+        f"runs in {out_dir / 'runs'} (compare: avx fuse compare {out_dir / 'runs'}/*)",
+        soft_wrap=True,
     )
     return results

@@ -27,6 +27,7 @@ import hashlib
 import json
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -58,6 +59,7 @@ from avx.extract.backbones import (
 from avx.extract.backbones.base import Runtime
 from avx.extract.faces import FACE_FIELDS, FaceConfig, FacePipeline
 from avx.extract.media import Audio, decode_audio, iter_frames, resample
+from avx.progress import PlainLines, clock
 from avx.serialization import to_dict
 from avx.store_schema import spec as S
 from avx.store_schema.locks import lock_streams
@@ -73,11 +75,14 @@ from avx.store_schema.writer import (
     spec_mismatch,
 )
 from avx.store_schema.zarrio import local_path, open_root, read_table
+from avx.threads import announce
 
 if TYPE_CHECKING:
     import zarr
 
 PARTIAL_EXIT_CODE = 3
+PLAIN_INTERVAL_S = 10.0
+"""Least seconds between plain progress lines in a log (one per part, the last always)."""
 CROP_GROUP = 16
 """Clips whose committed crops are read together (bounded memory, few reads)."""
 """``avx extract`` exit status when some samples failed (the run finished, partially)."""
@@ -568,9 +573,10 @@ def run_task_on_worker(plan: Plan, task: Task) -> dict[str, PartResult]:
 
             threadpool_limits(plan.blas_threads, user_api="blas")
         opts = replace(plan.options, device=_worker_device(plan.options.device))
-        backbones = [
-            b for b in build_backbones(opts) if b.stream_name in plan.specs and b.stream_name != S.FACES
-        ]
+        with warnings.catch_warnings():  # the coordinator has shown them once already
+            warnings.simplefilter("ignore", UserWarning)
+            built = build_backbones(opts)
+        backbones = [b for b in built if b.stream_name in plan.specs and b.stream_name != S.FACES]
         for b in backbones:
             want = plan.specs[b.stream_name].provenance
             got = _stream_spec(
@@ -615,6 +621,7 @@ def extract(
     t0 = time.time()
     report = ExtractReport(str(store))
     plan, backbones = plan_extraction(corpus, root, store, options, report, console)
+    announce(console)  # the thread count, now that the inputs are known to be valid
     report.store = plan.store
     g = open_root(plan.store, writable=True)
     if _faces_complete(g, plan):
@@ -786,26 +793,42 @@ def execute(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"extract {', '.join(plan.specs)}", total=n_todo, rate="")
+    title = f"extract {', '.join(plan.specs)}"
+    lines = PlainLines(console, interval=PLAIN_INTERVAL_S)
+    with Progress(*columns, console=console, transient=False, disable=lines.enabled) as progress:
+        bar = progress.add_task(title, total=n_todo, rate="")
         done = {"clips": 0, "frames": 0}
+
+        def rate() -> str:
+            el = max(time.time() - t0, 1e-9)
+            text = f"{done['clips'] / el:.2f} clips/s"
+            if done["frames"]:
+                text += f", {done['frames'] / el:.0f} face frames/s"
+            return text
 
         def tick(n_clips: int, n_frames: int) -> None:
             done["clips"] += n_clips
             done["frames"] += n_frames
-            el = max(time.time() - t0, 1e-9)
-            rate = f"{done['clips'] / el:.2f} clips/s"
-            if done["frames"]:
-                rate += f", {done['frames'] / el:.0f} face frames/s"
-            progress.update(bar, advance=n_clips, rate=rate)
+            progress.update(bar, advance=n_clips, rate=rate())
+
+        def part_done() -> None:
+            """A plain line per committed part when the output is not a terminal."""
+            el, n = time.time() - t0, done["clips"]
+            left = f", ~{clock(el / n * (n_todo - n))} left" if 0 < n < n_todo else ""
+            lines(
+                f"{title}: {n}/{n_todo} clips ({100 * n / max(n_todo, 1):.0f}%), {rate()},"
+                f" {clock(el)} elapsed{left}",
+                last=n >= n_todo,
+            )
 
         options = plan.options
         if options.workers > 0 or options.scheduler:
-            _run_dask(plan, tasks, commit, tick, options)
+            _run_dask(plan, tasks, commit, tick, options, part_done)
         else:
             runner = ChunkRunner(plan, backbones)
             for task in tasks:
                 commit(runner.run(task, on_sample=lambda _r, n: tick(1, n)))
+                part_done()
     return frames
 
 
@@ -815,6 +838,7 @@ def _run_dask(
     commit: Callable[[dict[str, PartResult]], None],
     tick: Callable[[int, int], None],
     options: ExtractOptions,
+    part_done: Callable[[], None] = lambda: None,
 ) -> None:
     from distributed import as_completed
 
@@ -826,8 +850,42 @@ def _run_dask(
             commit(results)
             n_frames = sum(b - a for _, a, b in results.get(S.FACES, PartResult(0, [], {})).entries)
             tick(len(futures[fut].rows), n_frames)
+            part_done()
     finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None and not options.scheduler:
-            cluster.close()
+        _shutdown(client, options)
+
+
+WORKER_CLOSE_TIMEOUT_S = 60.0
+"""How long a local worker process may take to exit. Dask's default (5 s, of which the
+nanny waits 4) is shorter than a loaded machine needs to tear down torch and the models,
+and the nanny then kills the worker with a warning after work that went fine."""
+
+
+def release_worker_state() -> None:
+    """Dask ``client.run`` target: drop this worker's backbones (memory, GPU memory)."""
+    import gc
+
+    _WORKER_RUNNERS.clear()
+    gc.collect()
+
+
+def _shutdown(client: Any, options: ExtractOptions) -> None:
+    """Leave workers as we found them: an existing cluster's workers drop our models and
+    stay; our local cluster's workers exit, each given time to do so without a kill."""
+    import contextlib
+
+    cluster = getattr(client, "cluster", None)
+    with contextlib.suppress(Exception):  # a worker that died already has nothing to release
+        client.run(release_worker_state)
+    client.close()
+    if cluster is None or options.scheduler:
+        return
+
+    async def close_workers() -> None:
+        import asyncio
+
+        await asyncio.gather(*(w.close(timeout=WORKER_CLOSE_TIMEOUT_S) for w in cluster.workers.values()))
+
+    with contextlib.suppress(Exception):
+        cluster.sync(close_workers)
+    cluster.close()

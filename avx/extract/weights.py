@@ -25,6 +25,18 @@ from avx.serialization import unsupported_global
 RANDOM_INIT = "random-init"
 
 
+def unavailable(spec: str, backbone: str, what: str, e: Exception) -> AvxError:
+    """The one-line error for weights that could not be loaded from a hub id or a named
+    download (most often: offline). It says what to pass instead, because a backbone
+    given no ``--weights`` downloads its default and a new user may not know that."""
+    reason = " ".join(str(e).split())[:160]
+    return AvxError(
+        f"{spec}: cannot load {what} ({type(e).__name__}: {reason}); weights come from a hub"
+        f" when no local ones are given: offline, pass --weights {backbone}=/path/to/a/local"
+        " file or save_pretrained folder"
+    )
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     spec: str

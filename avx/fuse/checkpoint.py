@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from avx.errors import AvxError
+from avx.fuse.run_files import CHECKPOINT_FOLDER
 from avx.serialization import atomic_write, load_tensors, save_tensors, torch_load_weights_only
 
-FOLDER = "checkpoint"
+FOLDER = CHECKPOINT_FOLDER
 LEGACY = "last.pt"
 
 

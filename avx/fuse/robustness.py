@@ -50,6 +50,7 @@ from avx.fuse.evaluate import (
 )
 from avx.fuse.run_folder import FusionRun, load_run
 from avx.fuse.runs import markdown
+from avx.threads import announce
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def evaluate_run(
     run = load_run(path, device)
     settings = settings or build_settings(run, modality_table=modality_table, seed=seed, **kw)
     data = run.data(store)
+    announce(console)
     if not len(data.indices(split)):
         raise AvxError(f"{path}: split '{split}' has no samples")
     opts = ReportOptions(threshold=run.threshold, ece_bins=ece_bins)

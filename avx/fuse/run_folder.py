@@ -27,13 +27,13 @@ from typing import Any
 import torch
 
 from avx.errors import AvxError
-from avx.fuse.checkpoint import FOLDER as CHECKPOINT_FOLDER
 from avx.fuse.checkpoint import LEGACY as LEGACY_CHECKPOINT
 from avx.fuse.checkpoint import save_checkpoint
 from avx.fuse.config import TrainConfig
 from avx.fuse.data import FusionData, Normalizer, StreamInfo
 from avx.fuse.methods import METHODS, FusionMethod, create_method
 from avx.fuse.methods.base import TaskSpec
+from avx.fuse.run_files import LEGACY_MODEL, check_loadable
 from avx.serialization import from_dict, load_tensors, save_tensors, to_dict, write_json
 from avx.store_schema import open_store
 
@@ -42,8 +42,6 @@ FORMAT = 2
 
 EXTRAS = ("run", "names", "stream_provenance", "avx_version", "torch_version")
 """Keys of ``config.json`` that describe the run rather than configure it."""
-
-LEGACY_MODEL = "model.pt"
 
 
 def run_key(cfg: TrainConfig) -> str:
@@ -133,15 +131,7 @@ class FusionRun:
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> FusionRun:
         """Rebuild a run from its folder: JSON and safetensors only, nothing unpickled."""
         path = Path(path)
-        if not (path / "model.json").exists():
-            if (path / LEGACY_MODEL).exists():
-                raise AvxError(
-                    f"{path / LEGACY_MODEL}: run saved as a pickle by an older avx (loading it can run"
-                    f" code); if you trust its source, convert it once with `avx fuse convert {path}`"
-                )
-            what = "config.json" if not (path / "config.json").exists() else "model.json"
-            hint = "; `--resume` continues it" if (path / CHECKPOINT_FOLDER).exists() else ""
-            raise AvxError(f"{path}: not a finished run directory (no {what}){hint}")
+        check_loadable(path)
         config, extras = read_config(path)
         try:
             b = json.loads((path / "model.json").read_text())

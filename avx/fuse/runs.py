@@ -20,8 +20,9 @@ from rich.table import Table
 
 from avx.errors import AvxError
 from avx.fuse import metrics as M
+from avx.fuse.run_files import is_finished
 from avx.fuse.run_folder import FusionRun, load_run
-from avx.fuse.train import TrainConfig, is_finished, train
+from avx.fuse.train import TrainConfig, train
 from avx.serialization import write_json
 from avx.store_schema import open_store
 
@@ -174,10 +175,10 @@ def metrics_table(metrics: dict[str, Any], title: str = "results") -> Table:
     """Dev and test metrics of one run: the fused model, then each stream's own output."""
     cols = M.table_metrics(metrics["task"])[:3]
     table = Table(title=title)
-    table.add_column("model", no_wrap=True)
+    table.add_column("model", overflow="fold")  # long stream names wrap; numbers never shrink
     for split in ("dev", "test"):
         for c in cols:
-            table.add_column(f"{split}\n{M.SCORERS[c].display}", justify="right")
+            table.add_column(f"{split}\n{M.SCORERS[c].display}", justify="right", no_wrap=True)
     rows = [(metrics["method"], {sp: metrics.get(sp) or {} for sp in ("dev", "test")})]
     for s in metrics["streams"]:
         rows.append(
@@ -197,11 +198,11 @@ def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -
     cols = M.table_metrics(task)
     key = M.headline(task)
     table = Table(title=title)
-    table.add_column("method", no_wrap=True)
+    table.add_column("method", overflow="fold")
     for c in cols:
-        table.add_column(M.SCORERS[c].display, justify="right")
-    table.add_column(f"{M.SCORERS[key].display} 95% CI", justify="right")
-    table.add_column("s/epoch", justify="right")
+        table.add_column(M.SCORERS[c].display, justify="right", no_wrap=True)
+    table.add_column(f"{M.SCORERS[key].display} 95% CI", justify="right", overflow="fold")
+    table.add_column("s/epoch", justify="right", no_wrap=True)
     for m in results:
         test = m.get("test") or {}
         lo, hi = test.get("ci95", {}).get(key, [None, None])

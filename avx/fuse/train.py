@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import random
 import shutil
@@ -31,7 +32,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from avx.errors import AvxError
 from avx.fuse import metrics as M
-from avx.fuse.checkpoint import FOLDER as CHECKPOINT_FOLDER
 from avx.fuse.checkpoint import load_checkpoint, save_checkpoint
 from avx.fuse.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from avx.fuse.data import FusionData
@@ -49,6 +49,7 @@ from avx.fuse.evaluate import (
 )
 from avx.fuse.methods import METHODS, FusionMethod, create_method
 from avx.fuse.methods.base import TaskSpec
+from avx.fuse.run_files import CHECKPOINT_FOLDER, RUN_FILES, is_finished
 from avx.fuse.run_folder import FusionRun, read_config_extras, run_key, write_config
 from avx.fuse.tasks import (
     Objective,
@@ -57,8 +58,10 @@ from avx.fuse.tasks import (
     resampling_weights,
     tune_threshold,
 )
+from avx.progress import PlainLines
 from avx.serialization import to_dict, write_json
 from avx.store_schema import open_store
+from avx.threads import announce
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS", "TrainConfig", "Trainer", "train"]
 
@@ -68,6 +71,10 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new tensor with NaN (a debugging aid against
+    # ops that read uninitialised memory); in a packed GRU's backward that fill took 18%
+    # of an epoch (profiled: 3.4 of 18.4 s). Results of correct ops do not depend on it.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     return torch.Generator().manual_seed(seed)
 
 
@@ -201,6 +208,7 @@ class Trainer:
         self.threshold: float | None = (
             float(config.threshold) if config.threshold not in (None, "tune") else None
         )
+        announce(self.console)  # the thread count, now that data and model are valid
 
     # -- one update --------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -295,6 +303,7 @@ class Trainer:
         """Train to ``epochs`` (or early stop), selecting on dev after every epoch."""
         writer = _tensorboard(self.out) if self.cfg.tensorboard else None
         opts = ReportOptions(threshold=self.threshold)
+        lines = PlainLines(self.console)  # one line per epoch when the output is a log
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -302,6 +311,7 @@ class Trainer:
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
+            disable=lines.enabled,
         ) as progress:
             bar = progress.add_task(self.cfg.method, total=self.cfg.epochs, completed=self.epoch, info="")
             while self.epoch < self.cfg.epochs:
@@ -339,6 +349,7 @@ class Trainer:
                             writer.add_scalar(k, v, self.epoch)
                 self.save_checkpoint()
                 progress.update(bar, completed=self.epoch, info=f"dev {self.metric} {dev_value:.3f}")
+                lines(self._epoch_line(row))
                 if on_epoch_end is not None:
                     on_epoch_end(self.epoch, row)
                 if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
@@ -350,6 +361,17 @@ class Trainer:
         if writer is not None:
             writer.close()
         self.model.load_state_dict(self.best_state)
+
+    def _epoch_line(self, row: dict[str, Any]) -> str:
+        """``method epoch 3/40: train_loss 0.512, dev_macro_f1 0.611 (best 0.630 at 2), 1.2 s``."""
+        values = ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds") and isinstance(v, float)
+        )
+        best = M.SCORERS[self.metric].sign(self.best_score) if math.isfinite(self.best_score) else math.nan
+        return (
+            f"{self.cfg.method} epoch {self.epoch}/{self.cfg.epochs}: {values}"
+            f" (best {best:.4g} at epoch {self.best_epoch}), {row['seconds']:.1f} s"
+        )
 
     def finish(self, started: float) -> dict[str, Any]:
         """Evaluate the selected model on dev then test; write metrics, predictions, model."""
@@ -428,18 +450,6 @@ def _tensorboard(out: Path) -> Any:
     return SummaryWriter(str(out / "tensorboard"))
 
 
-RUN_FILES = (
-    "config.json",
-    "model.json",
-    "model.safetensors",
-    "metrics.json",
-    "checkpoint",
-    "model.pt",
-    "last.pt",
-)
-"""What marks a folder as holding a run (of this avx or an older one)."""
-
-
 def train(
     config: TrainConfig,
     out_dir: str | Path,
@@ -478,13 +488,11 @@ def train(
     return metrics
 
 
-def is_finished(out: Path) -> bool:
-    """The folder holds a completed run: model and metrics written, checkpoint removed.
-
-    (A run kept with ``keep_checkpoint`` is resumable instead: ``--resume`` reloads its
-    last epoch and writes the run again.)"""
-    done = (out / "model.safetensors").exists() and (out / "metrics.json").exists()
-    return done and not (out / CHECKPOINT_FOLDER).exists()
+def _is_run_config(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()).get("method"), str)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _claim(out: Path, *, resume: bool, overwrite: bool) -> bool:
@@ -492,6 +500,9 @@ def _claim(out: Path, *, resume: bool, overwrite: bool) -> bool:
     held = [f for f in RUN_FILES if (out / f).exists()]
     if held:
         if overwrite:
+            if held == ["config.json"] and not _is_run_config(out / "config.json"):
+                # clearing means rmtree: never of a folder that merely has a config.json
+                raise AvxError(f"{out}: holds a config.json that is not an avx run's; refusing to clear it")
             shutil.rmtree(out)
         elif resume and is_finished(out):
             raise AvxError(

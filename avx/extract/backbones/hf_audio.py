@@ -38,7 +38,7 @@ import torch
 from avx.errors import AvxError, MediaError
 from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import AudioBackbone, Runtime, seeded
-from avx.extract.weights import resolve_weights, sha256_folder
+from avx.extract.weights import resolve_weights, sha256_folder, unavailable
 
 SAMPLE_RATE = 16_000
 STRIDE, FIELD = 320, 400  # total CNN stride and receptive field in samples (all three families)
@@ -111,13 +111,13 @@ def _load_model(arch: str, spec: str | None, name: str) -> tuple[Any, dict[str, 
     try:
         config = AutoConfig.from_pretrained(src.spec)
     except Exception as e:
-        raise AvxError(
-            f"{src.spec}: cannot load a transformers config ({type(e).__name__}); offline, pass"
-            f" --weights {name}=/path/to/a/save_pretrained/folder"
-        ) from None
+        raise unavailable(src.spec, name, "a transformers config", e) from None
     if config.model_type != arch:
         raise AvxError(f"{src.spec}: a '{config.model_type}' checkpoint, not {arch}; use that backbone name")
-    model = AutoModel.from_pretrained(src.spec)
+    try:
+        model = AutoModel.from_pretrained(src.spec)
+    except Exception as e:
+        raise unavailable(src.spec, name, "the model weights", e) from None
     folder = src.local_folder()
     normalize = config.feat_extract_norm == "layer"
     if folder is not None and (folder / "preprocessor_config.json").exists():

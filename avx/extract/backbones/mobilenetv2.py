@@ -18,7 +18,7 @@ import torch
 from avx.errors import AvxError
 from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import ImagePreprocess, Runtime, VisualBackbone, seeded
-from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha256_file
+from avx.extract.weights import load_into, load_state_dict, resolve_weights, sha256_file, unavailable
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,11 @@ class MobileNetV2(VisualBackbone):
             if src.spec != "imagenet":
                 raise AvxError(f"mobilenetv2: unknown weights '{src.spec}' (use imagenet, a file or none)")
             tv = MobileNet_V2_Weights.IMAGENET1K_V2
-            model.load_state_dict(tv.get_state_dict(progress=False))
+            try:
+                state = tv.get_state_dict(progress=False)
+            except Exception as e:  # offline and not in the torch hub cache
+                raise unavailable("imagenet", self.name, "torchvision's IMAGENET1K_V2 weights", e) from None
+            model.load_state_dict(state)
             cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(tv.url).name
             sha = sha256_file(cached) if cached.exists() else None
         elif src.kind == "file":

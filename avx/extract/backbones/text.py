@@ -23,7 +23,7 @@ import torch
 from avx.errors import AvxError, MediaError
 from avx.extract.backbones import BACKBONES, BackboneCard
 from avx.extract.backbones.base import Runtime, TextBackbone
-from avx.extract.weights import resolve_weights, sha256_file, sha256_folder
+from avx.extract.weights import resolve_weights, sha256_file, sha256_folder, unavailable
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class TransformerText(TextBackbone):
             self.tokenizer = AutoTokenizer.from_pretrained(src.spec)
             model = AutoModel.from_pretrained(src.spec)
         except Exception as e:
-            raise AvxError(f"{src.spec}: cannot load tokenizer and model ({type(e).__name__}: {e})") from None
+            raise unavailable(src.spec, self.name, "tokenizer and model", e) from None
         folder = src.local_folder()
         self.weights = src.provenance(sha256_folder(folder) if folder is not None else None)
         self.model = model.eval().to(runtime.device)
