@@ -621,7 +621,6 @@ def extract(
     t0 = time.time()
     report = ExtractReport(str(store))
     plan, backbones = plan_extraction(corpus, root, store, options, report, console)
-    announce(console)  # the thread count, now that the inputs are known to be valid
     report.store = plan.store
     g = open_root(plan.store, writable=True)
     if _faces_complete(g, plan):
@@ -636,6 +635,7 @@ def extract(
         stack.callback(lambda: [w.close() for w in writers.values()])
         samples = read_table(g[S.SAMPLES])
         tasks, n_todo = build_tasks(writers, len(samples), options, report)
+        announce(console)  # the thread count, once inputs, locks and stream settings are checked
         frames = execute(plan, backbones, tasks, writers, samples["id"], report, console, n_todo, t0)
         report.processed = n_todo
     for name, w in writers.items():

@@ -208,7 +208,6 @@ class Trainer:
         self.threshold: float | None = (
             float(config.threshold) if config.threshold not in (None, "tune") else None
         )
-        announce(self.console)  # the thread count, now that data and model are valid
 
     # -- one update --------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -477,6 +476,7 @@ def train(
         if resume and trainer.resume():
             trainer.console.print(f"resuming {out} after epoch {trainer.epoch}")
         trainer.write_config()
+        announce(trainer.console)  # the thread count, once data, model and folder are checked
         trainer.fit(on_epoch_end)
         metrics = trainer.finish(started)
     except BaseException:
