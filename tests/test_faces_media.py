@@ -98,3 +98,32 @@ def test_video_segment_matches_the_full_decode(demo_corpus: Path) -> None:
     np.testing.assert_allclose(t_seg, t_full[inside] - 0.5, atol=1e-6)
     with pytest.raises(MediaError, match="no frames in segment"):
         read_frames(video, FrameSampling(), segment=(99.0, 100.0))
+
+
+def test_crops_are_cut_from_the_crop_region_as_from_the_whole_frame(faces: FacePipeline) -> None:
+    """``_warp`` samples only the region each crop covers; the crop equals one
+    ``grid_sample`` over the whole frame (the direct form), to float rounding, also for
+    rotated crops that reach past the frame's edge (zero there)."""
+    import torch
+    import torch.nn.functional as F
+
+    img = data.astronaut()
+    frames = np.stack([img, img, img])
+    boxes = np.array([[175.0, 60.0, 270.0, 180.0], [-40.0, 300.0, 60.0, 420.0], [430.0, 5.0, 530.0, 110.0]])
+    lms = np.zeros((3, 5, 2))
+    lms[:, 1] = [[1, 0.4], [1, -0.2], [1, 0.0]]  # eye lines at 22°, -11°, 0°
+    got = faces._warp(frames, boxes, lms)
+    h, w = img.shape[:2]
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (1 + faces.config.margin)
+    ang = np.arctan2(lms[:, 1, 1], lms[:, 1, 0])
+    c, s = np.cos(ang), np.sin(ang)
+    theta = np.stack([np.stack([side / w * c, -side / w * s, 2 * cx / w - 1], 1),
+                      np.stack([side / h * s, side / h * c, 2 * cy / h - 1], 1)], 1)  # fmt: skip
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32), [3, 3, 224, 224], align_corners=False)
+    want = F.grid_sample(x, grid, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    want = want.permute(0, 2, 3, 1).numpy()
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert (got[1, :, :40] == 0).all() and got[1].mean() > 20  # off the frame's left edge: zero

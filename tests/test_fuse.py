@@ -84,6 +84,16 @@ def test_labels_padding_and_train_only_normalisation(demo_store: Path) -> None:
     lengths = [len(data.features["audio/mfcc"][i]) for i in data.indices("dev")[:4]]
     assert m.sum(1).tolist() == lengths and x.shape[1] == max(lengths) and (x[~m] == 0).all()
     assert batch.targets.tolist() == hard[data.rows[data.indices("dev")[:4]]].tolist()
+    # Collation normalises in place into the batch: the same bits as (x - mean) / std.
+    dev = data.indices("dev")[:4]
+    for j, i in enumerate(dev):
+        f = data.features["audio/mfcc"][i]
+        want = (f - data.normalizer.mean["audio/mfcc"]) / data.normalizer.std["audio/mfcc"]
+        assert np.array_equal(x[j, : len(f)].numpy(), want.astype(np.float32))
+    f16 = data.features["audio/mfcc"][dev[0]].astype(np.float16)
+    slot = np.zeros((len(f16) + 2, f16.shape[1]), np.float32)
+    data.normalizer("audio/mfcc", f16, out=slot[: len(f16)])
+    assert np.array_equal(slot[: len(f16)], data.normalizer("audio/mfcc", f16)) and not slot[len(f16) :].any()
 
 
 def test_multilabel_regression_and_binned_targets(demo_store: Path) -> None:

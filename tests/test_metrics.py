@@ -211,3 +211,43 @@ def test_the_scorer_table_is_the_one_source(rng: np.random.Generator) -> None:
     assert M.SCORERS["mae"].sign(0.5) == -0.5 and M.SCORERS["ccc"].sign(0.5) == 0.5
     with pytest.raises(Exception, match="does not apply to regression"):
         M.get_scorer("macro_f1", "regression")
+
+
+def _rows(owner: np.ndarray, draw: np.ndarray) -> np.ndarray:
+    """The rows of the drawn samples, as the per-replicate bootstrap gathers them."""
+    rows_of = np.split(np.arange(len(owner)), np.cumsum(np.bincount(owner))[:-1])
+    return np.concatenate([rows_of[i] for i in draw])
+
+
+@pytest.mark.parametrize("case", ["multiclass", "multilabel", "regression"])
+def test_vectorised_bootstrap_equals_per_replicate_scikit_learn(rng: np.random.Generator, case: str) -> None:
+    """``bootstrap_scorer`` (one pass over count-weighted statistics) gives the interval of
+    the per-replicate loop over scikit-learn / ``ccc`` calls it replaced, to 1e-9, also with
+    several rows per sample (frame-level) and classes missing from some replicates."""
+    n = 40
+    owner = np.repeat(np.arange(n), rng.integers(1, 4, n))  # 1–3 rows per sample
+    r = len(owner)
+    if case == "multiclass":
+        y = rng.choice(4, r, p=[0.6, 0.3, 0.08, 0.02])
+        p = np.where(rng.random(r) < 0.6, y, rng.integers(0, 5, r))  # class 4 only predicted
+        name, ref = "macro_f1", lambda a, b: f1_score(a, b, average="macro", zero_division=0)
+    elif case == "multilabel":
+        y = (rng.random((r, 5)) < [0.5, 0.3, 0.1, 0.02, 0.0]).astype(int)
+        p = np.where(rng.random((r, 5)) < 0.7, y, 1 - y)
+        name, ref = "micro_f1", lambda a, b: f1_score(a, b, average="micro", zero_division=0)
+        assert M.SCORERS["macro_f1"].resampled is not None
+        lo, hi = M.bootstrap_scorer("macro_f1", y, p, owner, n, n_boot=200, seed=4)
+        want = M.bootstrap_ci(
+            lambda d: f1_score(y[_rows(owner, d)], p[_rows(owner, d)], average="macro", zero_division=0),
+            n, n_boot=200, seed=4,
+        )  # fmt: skip
+        assert (lo, hi) == pytest.approx(want, abs=1e-9)
+    else:
+        y = rng.normal(size=(r, 2)) + 3.0
+        p = 0.5 * y + rng.normal(size=(r, 2)) + 3.0
+        name, ref = "ccc", lambda a, b: np.mean([M.ccc(a[:, k], b[:, k]) for k in range(2)])
+    got = M.bootstrap_scorer(name, y, p, owner, n, n_boot=300, seed=7)
+    want = M.bootstrap_ci(lambda d: ref(y[_rows(owner, d)], p[_rows(owner, d)]), n, n_boot=300, seed=7)
+    assert np.isfinite(got).all() and got[0] < got[1]
+    assert got == pytest.approx(want, abs=1e-9)
+    assert got != M.bootstrap_scorer(name, y, p, owner, n, n_boot=300, seed=8)  # the seed matters

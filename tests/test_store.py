@@ -232,3 +232,46 @@ def test_create_store_is_all_or_nothing(tmp_path: Path) -> None:
     create_store(tmp_path / "y.zarr", _meta())
     with pytest.raises(StoreError, match="already exists"):
         create_store(tmp_path / "y.zarr", _meta())
+
+
+def test_part_builder_streams_pieces_to_disk_and_rolls_back_a_failed_sample(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Samples added in pieces are written in whole chunks while they arrive (memory held
+    stays below a chunk plus a piece), and a sample that fails half-way, some of it
+    already on disk, leaves no trace: the part reads back as if it had never been added."""
+    from avx.store_schema import spec as S
+    from avx.store_schema.writer import PartBuilder
+
+    monkeypatch.setattr(S, "TARGET_CHUNK_BYTES", 4 * SPEC.frame_bytes)  # chunks of 4 frames
+    w = StreamWriter(open_root(store, writable=True), SPEC)
+    b = PartBuilder(w.group, SPEC, w.reserve_part(), flush_bytes=3 * SPEC.frame_bytes)
+    rng = np.random.default_rng(0)
+    data = {i: rng.normal(size=(n, 4)).astype(np.float32) for i, n in [(0, 9), (1, 11), (2, 6), (3, 2)]}
+    held = []
+
+    def stream(i: int, upto: int | None = None) -> None:
+        x = data[i][:upto]
+        for a in range(0, len(x), 3):
+            piece = x[a : a + 3]
+            b.extend(piece, np.arange(a, a + len(piece)) / 10.0, flag=np.ones(len(piece), bool))
+            held.append(b.held_frames)
+
+    for i in (0, 1, 2, 3):
+        b.begin(i)
+        if i == 1:
+            stream(1, upto=10)  # frames 9..18 of the part: 9..16 are on disk now
+            assert b._on_disk > 9
+            b.fail(1, "s1: NaN features")
+        else:
+            stream(i)
+            b.end()
+    assert max(held) < 4 + 3
+    w.commit(b.write())
+    w.close()
+    st = open_store(store).stream("audio/toy")
+    assert st.failures == {"s1": "s1: NaN features"}
+    for i in (0, 2, 3):
+        np.testing.assert_array_equal(st[f"s{i}"], data[i].astype(np.float16))
+        np.testing.assert_array_equal(st.timestamps(f"s{i}"), np.arange(len(data[i])) / 10.0)
+    assert validate_store(store, deep=True).ok

@@ -18,18 +18,9 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 
 def save_speech_model(arch: str, folder: Path, **overrides) -> Path:
     """A tiny wav2vec2 / wavlm / hubert in ``folder`` (config + safetensors + preprocessor)."""
-    import transformers as tf
+    from avx.extract.backbones.hf_audio import save_random_model
 
-    cfg_cls, model_cls = {
-        "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model),
-        "wavlm": (tf.WavLMConfig, tf.WavLMModel),
-        "hubert": (tf.HubertConfig, tf.HubertModel),
-    }[arch]
-    torch.manual_seed(0)
-    model = model_cls(cfg_cls(**CONV, **TINY, **overrides))
-    model.save_pretrained(folder)
-    tf.Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
-    return folder
+    return save_random_model(arch, folder, **{**CONV, **TINY, **overrides})
 
 
 WORDS = [

@@ -15,10 +15,11 @@ on frames batched across the chunk's clips. A per-sample problem (missing or cor
 file, silence, no face, too short) is recorded as that sample's failure; re-running the
 same command skips everything committed or failed and finishes the rest.
 
-Features of a clip depend only on the clip and the chunk it was batched with: a rerun
-of the same plan, with any number of workers, writes the same bits. A resumed run
-chunks the remaining clips differently; CPU results are then equal in practice, GPU
-results to float tolerance (cuDNN picks kernels per batch shape).
+Every forward pass of a visual backbone has the same batch shape (frames are carried
+from clip to clip; only a chunk's last batch is padded), so a clip's features do not
+depend on which clips shared its batches: a rerun, a resumed run or a run with another
+number of workers (which chunks clips differently) writes the same bits on CPU, and
+equal features to float tolerance on GPU (cuDNN may pick kernels per batch).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import json
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -57,8 +59,10 @@ from avx.extract.backbones import (
     create_backbone,
 )
 from avx.extract.backbones.base import Runtime
-from avx.extract.faces import FACE_FIELDS, FaceConfig, FacePipeline
+from avx.extract.faces import FACE_FIELDS, CropWindow, FaceConfig, FacePipeline
+from avx.extract.feed import VisualFeed, WindowQueue
 from avx.extract.media import Audio, decode_audio, iter_frames, resample
+from avx.memory import release_free_heap
 from avx.progress import PlainLines, clock
 from avx.serialization import to_dict
 from avx.store_schema import spec as S
@@ -83,9 +87,12 @@ if TYPE_CHECKING:
 PARTIAL_EXIT_CODE = 3
 PLAIN_INTERVAL_S = 10.0
 """Least seconds between plain progress lines in a log (one per part, the last always)."""
-CROP_GROUP = 16
-"""Clips whose committed crops are read together (bounded memory, few reads)."""
 """``avx extract`` exit status when some samples failed (the run finished, partially)."""
+TASKS_PER_WORKER = 2
+"""Least tasks per local Dask worker (parts are smaller for a small corpus): two, so
+that a worker finishing early takes over work rather than idling."""
+STORED_WINDOW = 512
+"""Frames of committed crops read at once (a long clip is read in pieces)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,8 @@ class ExtractReport:
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped_streams: list[str] = field(default_factory=list)
     failed_rows: set[int] = field(default_factory=set)
+    peak_crops_held: int | None = None
+    """Most face crops in memory at once (in-process runs): flat in clip length."""
 
     @property
     def failed(self) -> int:
@@ -307,9 +316,8 @@ class Task:
 class _Prepared:
     row: int
     audio: dict[int, Audio | MediaError] = field(default_factory=dict)
-    crops: np.ndarray | None = None
-    times: np.ndarray | None = None
-    face_fields: dict[str, np.ndarray] | None = None
+    video: Iterable[CropWindow] | None = None
+    """The clip's crops in windows (raises the clip's failure where it happens)."""
     new_faces: bool = False
     video_error: MediaError | None = None
 
@@ -367,15 +375,18 @@ class ChunkRunner:
         self.visual = [b for b in backbones if isinstance(b, VisualBackbone)]
         self.face_pipe = FacePipeline(plan.faces, device=plan.options.device) if plan.faces else None
         self._faces: Stream | None = None
-        self._crop_groups: dict[int, list[int]] = {}
-        self._crop_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._lock = threading.Lock()
-        self._group_locks: dict[int, threading.Lock] = {}
         self.rates = sorted({b.sample_rate for b in self.audio})
-        self.batch_frames = plan.options.batch_size or (256 if plan.options.device.startswith("cuda") else 64)
+        self.feeds: dict[str, VisualFeed] = {}
+        self._live: list[WindowQueue] = []  # this chunk's background crop producers
+        self._queued = 0  # crops produced and not yet taken by the backbones
+        self._queued_lock = threading.Lock()
+        self.peak_crops_held = 0
+        """Most face crops held in memory at once (queued windows, frames waiting for a
+        batch, crops not yet written): bounded by the settings, not by clip length."""
 
     # background work: decode, resample, detect ------------------------------------------
     def _prepare(self, row: int, task: Task) -> _Prepared:
+        """Decode and resample the clip's audio; say where its crops will come from."""
         sample = self.samples.iloc[row]
         sid = str(sample["id"])
         prep = _Prepared(row)
@@ -395,57 +406,83 @@ class ChunkRunner:
                 prep.audio = dict.fromkeys(self.rates, clip_failure(e, src))
         need_faces = row in task.todo.get(S.FACES, ())
         need_visual = any(row in task.todo.get(b.stream_name, ()) for b in self.visual)
-        if need_faces or need_visual:
+        if need_faces:
             try:
-                if need_faces:
-                    src = _media(self.media_root, sample["video_path"], sid, "video")
-                    chunks = iter_frames(src, self.plan.faces.sampling, segment=_segment(sample))
-                    prep.crops, prep.times, prep.face_fields = self.face_pipe.process(chunks, source=str(src))
-                    prep.new_faces = True
-                elif (stored := self._stored_crops(row)) is not None:
-                    prep.crops, prep.times = stored
-                else:
-                    faces = self._faces
-                    status = S.Status(int(faces.index.status[row]))
-                    if status == S.Status.FAILED:
-                        raise MediaError(faces.failures.get(sid, "face extraction failed"))
-                    if status != S.Status.COMMITTED:
-                        raise MediaError(f"{sid}: no committed face crops")
-                    prep.crops, prep.times = faces[sid], faces.timestamps(sid)
-            except Exception as e:
-                prep.video_error = clip_failure(e, sample.get("video_path") or sid)
+                src = _media(self.media_root, sample["video_path"], sid, "video")
+            except MediaError as e:
+                prep.video_error = e
+            else:
+                chunks = iter_frames(src, self.plan.faces.sampling, segment=_segment(sample))
+                prep.video, prep.new_faces = self.face_pipe.stream(chunks, source=str(src)), True
+        elif need_visual:
+            faces = self._faces
+            status = S.Status(int(faces.index.status[row]))
+            if status == S.Status.FAILED:
+                prep.video_error = MediaError(faces.failures.get(sid, "face extraction failed"))
+            elif status != S.Status.COMMITTED:
+                prep.video_error = MediaError(f"{sid}: no committed face crops")
+            else:
+                prep.video = self._stored_windows(sid)
         return prep
 
-    def _stored_crops(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Committed crops and timestamps of ``row``, read with the rest of its group."""
-        group = self._crop_groups.get(row)
-        if group is None:
-            return None
-        with self._lock:  # one lock per group: groups are read concurrently
-            lock = self._group_locks.setdefault(group[0], threading.Lock())
-        with lock:
-            if row not in self._crop_cache:
-                ids = [str(self.ids[r]) for r in group]
-                data = self._faces.read_many(ids)
-                times = self._faces.read_many(ids, S.TIMESTAMPS)
-                self._crop_cache.update(zip(group, zip(data, times, strict=True), strict=True))
-            return self._crop_cache.pop(row, None)
+    def _stored_windows(self, sid: str) -> Iterator[CropWindow]:
+        """Committed crops of ``sid`` in windows of ``STORED_WINDOW`` frames."""
+        n = self._faces.length(sid)
+        for a in range(0, n, STORED_WINDOW):
+            b = min(n, a + STORED_WINDOW)
+            yield CropWindow(
+                self._faces.field(sid, S.DATA, a, b), self._faces.field(sid, S.TIMESTAMPS, a, b), {}
+            )
 
-    def _prefetch(self, task: Task) -> Iterator[_Prepared]:
-        workers = max(0, self.plan.options.decode_workers)
-        if workers == 0:
+    def _counted(self, windows: Iterable[CropWindow]) -> Iterator[CropWindow]:
+        for w in windows:
+            with self._queued_lock:
+                self._queued += len(w.crops)
+            yield w
+
+    def _prefetch(
+        self, task: Task, pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None
+    ) -> Iterator[_Prepared]:
+        """Prepared clips in order. With background threads, audio is decoded ahead and
+        each clip's crops are produced ahead by at most ``WINDOW_DEPTH`` windows."""
+        if pools is None:
             for row in task.rows:
-                yield self._prepare(row, task)
+                prep = self._prepare(row, task)
+                if prep.video is not None:
+                    prep.video = self._counted(prep.video)
+                yield prep
             return
-        with ThreadPoolExecutor(workers, thread_name_prefix="avx-decode") as pool:
-            queue: list[Future[_Prepared]] = []
-            rows = iter(task.rows)
-            for row in rows:
-                queue.append(pool.submit(self._prepare, row, task))
-                if len(queue) > 2 * workers:
-                    yield queue.pop(0).result()
-            for fut in queue:
-                yield fut.result()
+        audio_pool, video_pool = pools
+        ahead = 2 * max(1, self.plan.options.decode_workers)
+        waiting: deque[tuple[Future[_Prepared], WindowQueue]] = deque()
+
+        def produce(prepared: Future[_Prepared]) -> Iterator[CropWindow]:
+            video = prepared.result().video
+            return self._counted(video) if video is not None else iter(())
+
+        def start(row: int) -> tuple[Future[_Prepared], WindowQueue]:
+            prepared = audio_pool.submit(self._prepare, row, task)
+            q = WindowQueue()
+            self._live.append(q)
+            # Submitted here, in row order: the pool starts producers oldest first, so
+            # the clip the backbones wait for always has a thread.
+            video_pool.submit(q.fill, lambda: produce(prepared))
+            return prepared, q
+
+        def ready(item: tuple[Future[_Prepared], WindowQueue]) -> _Prepared:
+            prep = item[0].result()
+            if prep.video is None:
+                item[1].cancel()
+                return prep
+            # a copy: the producer thread reads the original's `video` (the windows)
+            return replace(prep, video=item[1])
+
+        for row in task.rows:
+            waiting.append(start(row))
+            if len(waiting) > ahead:
+                yield ready(waiting.popleft())
+        while waiting:
+            yield ready(waiting.popleft())
 
     # foreground: backbones --------------------------------------------------------------
     def run(self, task: Task, on_sample: Callable[[int, int], None] | None = None) -> dict[str, PartResult]:
@@ -456,42 +493,32 @@ class ChunkRunner:
         }
         if self.plan.faces is not None:  # committed crops as of this chunk's start
             self._faces = Stream(self.root[S.stream_path(S.FACES)], S.FACES, self.ids)
-            need = {r for b in self.visual for r in task.todo.get(b.stream_name, ())}
-            rows = [
-                r
-                for r in task.rows
-                if r in need
-                and r not in task.todo.get(S.FACES, ())
-                and self._faces.index.status[r] == S.Status.COMMITTED
-            ]
-            # Committed crops are read in groups (one slice per part, not one read per clip).
-            self._crop_groups = {
-                r: rows[i : i + CROP_GROUP]
-                for i in range(0, len(rows), CROP_GROUP)
-                for r in rows[i : i + CROP_GROUP]
-            }
-            self._crop_cache = {}
-        batch: list[_Prepared] = []
-        n_batch = 0
-        for prep in self._prefetch(task):
-            sid = str(self.ids[prep.row])
-            self._run_audio(prep, task, builders)
-            self._run_text(prep, task, builders, sid)
-            if prep.video_error is not None:
-                for name in [S.FACES, *(b.stream_name for b in self.visual)]:
-                    if prep.row in task.todo.get(name, ()):
-                        builders[name].fail(prep.row, str(prep.video_error))
-            elif prep.crops is not None:
-                if prep.new_faces:
-                    builders[S.FACES].add(prep.row, prep.crops, prep.times, **prep.face_fields)
-                batch.append(prep)
-                n_batch += len(prep.crops)
-                if n_batch >= self.batch_frames:
-                    self._run_visual(batch, task, builders)
-                    batch, n_batch = [], 0
-            if on_sample is not None:
-                on_sample(prep.row, 0 if prep.crops is None else len(prep.crops))
-        self._run_visual(batch, task, builders)
+        self.feeds = {
+            b.stream_name: VisualFeed(b, builders[b.stream_name])
+            for b in self.visual
+            if b.stream_name in builders
+        }
+        workers = max(0, self.plan.options.decode_workers)
+        with ExitStack() as stack:
+            pools = None
+            if workers:
+                pools = (
+                    stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="avx-decode")),
+                    stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="avx-faces")),
+                )
+                # runs first on the way out: releases producers blocked on a full queue
+                # (an error or an interrupt), else the pools would wait for them forever
+                stack.callback(lambda: [q.cancel() for q in self._live])
+            self._live = []
+            for prep in self._prefetch(task, pools):
+                sid = str(self.ids[prep.row])
+                self._run_audio(prep, task, builders)
+                self._run_text(prep, task, builders, sid)
+                n = self._run_video(prep, task, builders)
+                if on_sample is not None:
+                    on_sample(prep.row, n)
+        for feed in self.feeds.values():
+            feed.finish()
         return {name: b.write() for name, b in builders.items() if len(b)}
 
     def _run_audio(self, prep: _Prepared, task: Task, builders: dict[str, PartBuilder]) -> None:
@@ -520,23 +547,51 @@ class ChunkRunner:
             except Exception as e:
                 builders[name].fail(prep.row, str(clip_failure(e, sid)))
 
-    def _run_visual(self, batch: list[_Prepared], task: Task, builders: dict[str, PartBuilder]) -> None:
-        """Run every visual backbone once over the frames of all clips in ``batch``."""
-        for b in self.visual:
-            todo = [p for p in batch if p.row in task.todo.get(b.stream_name, ())]
-            if not todo:
-                continue
-            feats, fields = b(np.concatenate([p.crops for p in todo]))
-            a = 0
-            for p in todo:
-                n = len(p.crops)
-                try:
-                    builders[b.stream_name].add(
-                        p.row, feats[a : a + n], p.times, **{k: v[a : a + n] for k, v in fields.items()}
-                    )
-                except Exception as e:
-                    builders[b.stream_name].fail(p.row, str(clip_failure(e, str(self.ids[p.row]))))
-                a += n
+    def _run_video(self, prep: _Prepared, task: Task, builders: dict[str, PartBuilder]) -> int:
+        """Crops of one clip, window by window, into the faces part and the visual
+        feeds; returns the clip's frame count (0 if it failed)."""
+        row = prep.row
+        faces = builders.get(S.FACES) if prep.new_faces else None
+        feeds = [f for name, f in self.feeds.items() if row in task.todo.get(name, ())]
+        if prep.video_error is not None:
+            for name in [S.FACES, *(b.stream_name for b in self.visual)]:
+                if row in task.todo.get(name, ()):
+                    builders[name].fail(row, str(prep.video_error))
+            return 0
+        if prep.video is None:
+            return 0
+        n = 0
+        if faces is not None:
+            faces.begin(row)
+        try:
+            for w in prep.video:
+                if faces is not None:
+                    faces.extend(w.crops, w.times, **w.fields)
+                for f in feeds:
+                    f.extend(row, w.crops, w.times)
+                n += len(w.crops)
+                self._note_held(faces)
+                with self._queued_lock:
+                    self._queued -= len(w.crops)
+                del w
+                release_free_heap()  # flat RSS on long clips (avx/memory.py)
+        except Exception as e:
+            why = str(clip_failure(e, self.samples.iloc[row].get("video_path") or self.ids[row]))
+            if faces is not None:
+                faces.fail(row, why)
+            for f in feeds:
+                f.fail(row, why)
+            return 0
+        if faces is not None:
+            faces.end()
+        for f in feeds:
+            f.end(row)
+        return n
+
+    def _note_held(self, faces: PartBuilder | None) -> None:
+        held = self._queued + sum(f.n_waiting for f in self.feeds.values())
+        held += faces.held_frames if faces is not None else 0
+        self.peak_crops_held = max(self.peak_crops_held, held)
 
 
 # -- Dask ---------------------------------------------------------------------------------------
@@ -752,9 +807,14 @@ def build_tasks(
     report.skipped = len(rows) - len(todo)
     if options.limit is not None:
         todo = todo[: options.limit]
+    size = max(1, options.part_size)
+    if options.workers > 0 and not options.scheduler:
+        # every local worker gets work: a corpus smaller than workers × part size would
+        # otherwise be one task on one worker while the others idle
+        size = min(size, max(1, -(-len(todo) // (TASKS_PER_WORKER * options.workers))))
     tasks = []
-    for a in range(0, len(todo), max(1, options.part_size)):
-        chunk = todo[a : a + options.part_size]
+    for a in range(0, len(todo), size):
+        chunk = todo[a : a + size]
         per = {n: rs for n in writers if (rs := todo_by[n].intersection(chunk))}
         tasks.append(Task(chunk, per, {n: writers[n].reserve_part() for n in per}))
     return tasks, len(todo)
@@ -829,6 +889,7 @@ def execute(
             for task in tasks:
                 commit(runner.run(task, on_sample=lambda _r, n: tick(1, n)))
                 part_done()
+            report.peak_crops_held = runner.peak_crops_held
     return frames
 
 

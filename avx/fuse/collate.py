@@ -35,7 +35,7 @@ def collate(
         m = np.zeros((b, t), bool)
         for j, f in enumerate(seqs):
             if f is not None and len(f):
-                x[j, : len(f)] = norm(s, f)
+                norm(s, f, out=x[j, : len(f)])
                 m[j, : len(f)] = True
         inputs[s], masks[s] = torch.from_numpy(x), torch.from_numpy(m)
         present[s] = torch.tensor([n > 0 for n in lengths])

@@ -118,8 +118,14 @@ class Normalizer:
             {s: t[f"std:{s}"].numpy().astype(np.float32) for s in streams},
         )
 
-    def __call__(self, stream: str, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean[stream]) / self.std[stream]
+    def __call__(self, stream: str, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``(x - mean) / std`` in float32; with ``out`` (a float32 slot of a batch, as
+        :func:`avx.fuse.collate.collate` passes) written in place: no temporaries, the
+        same bits."""
+        if out is None:
+            return (x - self.mean[stream]) / self.std[stream]
+        np.subtract(x, self.mean[stream], out=out)
+        return np.divide(out, self.std[stream], out=out)
 
 
 def parse_stream(spec: str) -> tuple[str, str | None]:

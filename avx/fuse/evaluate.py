@@ -335,14 +335,13 @@ def report(
         }
     if opts.bootstrap:
         key = M.headline(task)
-        n = len(pred.ids)
-        rows_of = pred.sample_rows()
-
-        def stat(sample: np.ndarray) -> float:
-            rows = np.concatenate([rows_of[i] for i in sample])
-            return core_metrics(task, names, pred.y[rows], probs[rows], opts).get(key, np.nan)
-
-        out["ci95"] = {key: list(M.bootstrap_ci(stat, n, n_boot=opts.bootstrap, seed=opts.seed))}
+        if task == "regression":
+            y_, p_ = pred.y, probs
+        else:
+            y_ = pred.y.astype(int) if task == "multiclass" else eval_multihot(pred.y, len(names))
+            p_ = decide(probs, task, opts.threshold)
+        ci = M.bootstrap_scorer(key, y_, p_, pred.owner, len(pred.ids), n_boot=opts.bootstrap, seed=opts.seed)
+        out["ci95"] = {key: list(ci)}
     return out
 
 

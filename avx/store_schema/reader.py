@@ -206,12 +206,22 @@ class Stream(Mapping[str, np.ndarray]):
             self._present.update((k, name, i) for i in todo)
         return np.asarray(arr[a:b])
 
-    def field(self, sample_id: str, name: str = S.DATA) -> np.ndarray:
-        """One per-frame array (``data``, ``timestamps`` or a declared field) of a sample."""
+    def field(
+        self, sample_id: str, name: str = S.DATA, start: int = 0, stop: int | None = None
+    ) -> np.ndarray:
+        """One per-frame array (``data``, ``timestamps`` or a declared field) of a sample;
+        ``start``/``stop`` read only those of its frames (a long clip in pieces)."""
         status, k, a, b = self.index.row(self._row_of(sample_id))
         if status != S.Status.COMMITTED:
             raise KeyError(f"sample '{sample_id}' is {status.name.lower()} in '{self.name}'")
-        return self._slice(k, name, a, b)
+        n = b - a
+        lo, hi = min(max(start, 0), n), n if stop is None else min(max(stop, 0), n)
+        return self._slice(k, name, a + lo, a + max(lo, hi))
+
+    def length(self, sample_id: str) -> int:
+        """Frames of a committed sample (0 for any other)."""
+        status, _, a, b = self.index.row(self._row_of(sample_id))
+        return int(b - a) if status == S.Status.COMMITTED else 0
 
     def __getitem__(self, sample_id: str) -> np.ndarray:
         return self.field(sample_id, S.DATA)

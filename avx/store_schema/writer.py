@@ -276,14 +276,6 @@ def _check_half(name: str, data: np.ndarray, half: np.ndarray) -> None:
 
 
 @dataclass
-class _Pending:
-    row: int
-    data: np.ndarray
-    timestamps: np.ndarray
-    fields: dict[str, np.ndarray]
-
-
-@dataclass
 class PartResult:
     """A written but not yet committed part: what the index must learn to commit it.
 
@@ -296,27 +288,79 @@ class PartResult:
     failures: dict[int, str]
 
 
+FLUSH_BYTES = 32 * 2**20
+"""Frame data a part builder holds before writing whole chunks of it to disk."""
+
+
 class PartBuilder:
-    """Buffers samples and writes them as part ``part`` of a stream; never touches the index.
+    """Writes samples as part ``part`` of a stream; never touches the index.
 
     This is all a parallel worker does: its part group has a name no one else uses, so
     it shares no chunk with any other writer, and nothing references it until the lock
     holder commits the returned :class:`PartResult`.
+
+    Frame data streams to disk: a sample may arrive in pieces (:meth:`begin`,
+    :meth:`extend`, :meth:`end`), and whole chunks are written once more than
+    ``flush_bytes`` are held, so memory does not grow with a clip's length or the
+    part's size. Timestamps and per-frame fields (tens of bytes a frame) stay in memory
+    until :meth:`write`. A sample that fails half-way is rolled back (:meth:`fail`): its
+    frames are cut off and the next sample's overwrite them. The part's attributes,
+    which say what it holds, are written last, so a part interrupted mid-write
+    describes nothing and is deleted as an orphan.
     """
 
-    def __init__(self, stream_group: zarr.Group, spec: StreamSpec, part: int) -> None:
+    def __init__(
+        self, stream_group: zarr.Group, spec: StreamSpec, part: int, *, flush_bytes: int | None = None
+    ) -> None:
         self.group, self.spec, self.part = stream_group, spec, part
-        self._buffer: list[_Pending] = []
         self.failures: dict[int, str] = {}
         self.notes: dict[int, str] = {}
         self.nbytes = 0
+        self.flush_bytes = FLUSH_BYTES if flush_bytes is None else flush_bytes
+        self.chunk_rows = max(1, S.TARGET_CHUNK_BYTES // max(1, spec.frame_bytes))
+        self._entries: list[tuple[int, int, int]] = []
+        self._open: tuple[int, int] | None = None  # (row, first frame) of the sample being added
+        self._held: list[np.ndarray] = []  # frames not yet on disk, from frame `_on_disk`
+        self._n_held = 0
+        self._on_disk = 0
+        self._times: list[np.ndarray] = []
+        self._fields: dict[str, list[np.ndarray]] = {k: [] for k in spec.fields}
+        self._group: zarr.Group | None = None
 
     def __len__(self) -> int:
-        return len(self._buffer) + len(self.failures)
+        return len(self._entries) + len(self.failures)
+
+    @property
+    def n_frames(self) -> int:
+        return self._on_disk + self._n_held
+
+    @property
+    def open_row(self) -> int | None:
+        """The sample being added (between :meth:`begin` and :meth:`end`), if any."""
+        return None if self._open is None else self._open[0]
+
+    @property
+    def held_frames(self) -> int:
+        """Frames held in memory now (the rest are on disk)."""
+        return self._n_held
 
     def add(
         self, row: int, data: np.ndarray, timestamps: np.ndarray, *, note: str = "", **fields: np.ndarray
     ) -> None:
+        """All frames of sample ``row`` at once."""
+        self.begin(row)
+        self.extend(data, timestamps, **fields)
+        self.end(note=note)
+
+    def begin(self, row: int) -> None:
+        if self._open is not None:
+            raise RuntimeError(f"{self.spec.name}: sample row {self._open[0]} is still open")
+        self._open = (row, self.n_frames)
+
+    def extend(self, data: np.ndarray, timestamps: np.ndarray, **fields: np.ndarray) -> None:
+        """The next frames of the open sample."""
+        if self._open is None:
+            raise RuntimeError(f"{self.spec.name}: extend() without begin()")
         data = np.asarray(data)
         if tuple(data.shape[1:]) != self.spec.frame_shape:
             raise ValueError(f"{self.spec.name}: frame shape {data.shape[1:]} != {self.spec.frame_shape}")
@@ -336,53 +380,106 @@ class PartBuilder:
             stored = data.astype(self.spec.dtype, copy=False)
         if stored.dtype == np.float16 and data.dtype != np.float16 and data.size:
             _check_half(self.spec.name, data, stored)
-        conv = {}
         for k, v in fields.items():
             fs = self.spec.fields[k]
-            conv[k] = np.asarray(v, dtype=fs["dtype"]).reshape(len(data), *fs["shape"])
-        self._buffer.append(_Pending(row, stored, timestamps, conv))
+            self._fields[k].append(np.asarray(v, dtype=fs["dtype"]).reshape(len(data), *fs["shape"]))
+        self._times.append(timestamps)
+        self._held.append(stored)
+        self._n_held += len(stored)
+        self.nbytes += stored.nbytes
+        if self._n_held * self.spec.frame_bytes >= self.flush_bytes:
+            self._flush(whole_chunks=True)
+
+    def end(self, *, note: str = "") -> None:
+        """The open sample is complete."""
+        if self._open is None:
+            raise RuntimeError(f"{self.spec.name}: end() without begin()")
+        row, start = self._open
+        self._entries.append((row, start, self.n_frames))
         if note:
             self.notes[row] = note
-        self.nbytes += stored.nbytes
+        self._open = None
 
     def fail(self, row: int, reason: str) -> None:
+        """Record ``row`` as failed; if it is the open sample, drop its frames."""
+        if self._open is not None and self._open[0] == row:
+            self._truncate(self._open[1])
+            self._open = None
         self.failures[row] = " ".join(str(reason).split())
 
+    def _truncate(self, n: int) -> None:
+        """Keep only the first ``n`` frames (a failed sample's are cut off)."""
+        if n < self._on_disk:  # part of it is on disk: hold again the chunk it starts in
+            keep_from = n - n % self.chunk_rows
+            again = self._data[keep_from:n] if n > keep_from else None
+            self._held, self._n_held = ([again] if again is not None else []), n - keep_from
+            self._on_disk = keep_from
+        else:
+            flat = np.concatenate(self._held) if self._held else None
+            self._n_held = n - self._on_disk
+            self._held = [flat[: self._n_held]] if flat is not None and self._n_held else []
+        for lst in (self._times, *self._fields.values()):
+            if lst:
+                lst[:] = [np.concatenate(lst)[:n]]
+
+    @property
+    def _part_group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = self.group[S.PARTS].create_group(S.part_name(self.part))
+        return self._group
+
+    @property
+    def _data(self) -> zarr.Array:
+        g = self._part_group
+        if S.DATA not in g:
+            empty = np.zeros((0, *self.spec.frame_shape), dtype=self.spec.dtype)
+            write_array(g, S.DATA, empty, chunk_rows=self.chunk_rows)
+        return g[S.DATA]
+
+    def _flush(self, *, whole_chunks: bool) -> None:
+        """Write held frames to disk: whole chunks only, or all of them (the end)."""
+        n = self._n_held - (self._n_held % self.chunk_rows if whole_chunks else 0)
+        if n <= 0:
+            return
+        held = np.concatenate(self._held) if len(self._held) > 1 else self._held[0]
+        arr = self._data
+        a = self._on_disk
+        arr.resize((a + n, *self.spec.frame_shape))
+        arr[a : a + n] = held[:n]
+        rest = held[n:]
+        self._held, self._n_held, self._on_disk = ([rest] if len(rest) else []), len(rest), a + n
+
     def write(self) -> PartResult:
-        """Write the buffered samples as the part group; returns what commits it."""
-        buf = self._buffer
-        lengths = [len(p.data) for p in buf]
-        stops = np.cumsum(lengths, dtype=np.int64)
-        starts = stops - np.asarray(lengths, dtype=np.int64)
-        part = self.group[S.PARTS].create_group(S.part_name(self.part))
+        """Write what is still held and the part's attributes; returns what commits it."""
+        if self._open is not None:
+            raise RuntimeError(f"{self.spec.name}: sample row {self._open[0]} was never ended")
+        self._flush(whole_chunks=False)
+        n = self.n_frames
+        arr = self._data
+        if arr.shape[0] != n:  # a failed sample's frames were on disk past the end
+            arr.resize((n, *self.spec.frame_shape))
+        part = self._part_group
+        times = np.concatenate(self._times)[:n] if self._times else np.zeros(0)
+        write_array(part, S.TIMESTAMPS, times, chunk_rows=1 << 16)
+        for name, fs in self.spec.fields.items():
+            vals = self._fields[name]
+            flat = np.concatenate(vals)[:n] if vals else np.zeros((0, *fs["shape"]), dtype=fs["dtype"])
+            write_array(part, name, flat, chunk_rows=1 << 16)
         part.attrs.update(
             {
-                "rows": [p.row for p in buf],
-                "lengths": lengths,  # with rows: what `avx store repair` rebuilds the index from
+                "rows": [r for r, _, _ in self._entries],
+                "lengths": [
+                    b - a for _, a, b in self._entries
+                ],  # with rows: what `avx store repair` rebuilds the index from
                 "failures": {str(r): why for r, why in self.failures.items()},
                 "notes": {str(r): n for r, n in self.notes.items()},
-                "n_frames": int(stops[-1]) if buf else 0,
+                "n_frames": n,
                 "written": _now(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             }
         )
-        chunk_rows = max(1, S.TARGET_CHUNK_BYTES // max(1, self.spec.frame_bytes))
-        empty = np.zeros((0, *self.spec.frame_shape), dtype=self.spec.dtype)
-        write_array(
-            part, S.DATA, np.concatenate([p.data for p in buf]) if buf else empty, chunk_rows=chunk_rows
-        )
-        ts = np.concatenate([p.timestamps for p in buf]) if buf else np.zeros(0)
-        write_array(part, S.TIMESTAMPS, ts, chunk_rows=1 << 16)
-        for name, fs in self.spec.fields.items():
-            vals = (
-                np.concatenate([p.fields[name] for p in buf])
-                if buf
-                else np.zeros((0, *fs["shape"]), dtype=fs["dtype"])
-            )
-            write_array(part, name, vals, chunk_rows=1 << 16)
-        entries = [(p.row, int(a), int(b)) for p, a, b in zip(buf, starts, stops, strict=True)]
-        return PartResult(self.part, entries, dict(self.failures))
+        return PartResult(self.part, list(self._entries), dict(self.failures))
 
 
 class StreamWriter:

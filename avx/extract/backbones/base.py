@@ -105,10 +105,16 @@ class Runtime:
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
-    def batches(self, n: int, run: Callable[[int, int], None]) -> None:
-        """Call ``run(start, stop)`` over ``range(n)`` in batches, halving on CUDA OOM."""
+    def resolved_batch_size(self) -> int:
+        """The batch size now: the given one, or auto's (16 on CPU, 256 on CUDA until an
+        out-of-memory error halves it)."""
         if self.batch_size is None:
             self.batch_size = 256 if self.device.type == "cuda" else 16
+        return self.batch_size
+
+    def batches(self, n: int, run: Callable[[int, int], None]) -> None:
+        """Call ``run(start, stop)`` over ``range(n)`` in batches, halving on CUDA OOM."""
+        self.resolved_batch_size()
         a = 0
         while a < n:
             b = min(n, a + self.batch_size)

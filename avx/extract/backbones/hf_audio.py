@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -80,6 +81,31 @@ def _parse_layers(value: Any, n_layers: int) -> list[int]:
     return sorted(out)
 
 
+def random_model(arch: str, **config: Any) -> Any:
+    """A randomly initialised ``arch`` model (transformers), ``config`` overriding the
+    base-size defaults; seed torch first for repeatable weights."""
+    import transformers as tf
+
+    config_cls, model_cls = {
+        "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model),
+        "wavlm": (tf.WavLMConfig, tf.WavLMModel),
+        "hubert": (tf.HubertConfig, tf.HubertModel),
+    }[arch]
+    return model_cls(config_cls(**config))
+
+
+def save_random_model(arch: str, folder: str | Path, seed: int = 0, **config: Any) -> Path:
+    """:func:`random_model` saved with ``save_pretrained`` (and a feature extractor) into
+    ``folder``: a ``--weights FOLDER`` that loads through the same code as a downloaded
+    checkpoint, for offline tests and benchmarks (its features mean nothing)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    random_model(arch, **config).save_pretrained(folder)
+    tf.Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
+    return Path(folder)
+
+
 def _load_model(arch: str, spec: str | None, name: str) -> tuple[Any, dict[str, Any], bool]:
     """(model, weights provenance, do_normalize) for ``spec``."""
     from transformers import AutoConfig, AutoModel
@@ -89,22 +115,8 @@ def _load_model(arch: str, spec: str | None, name: str) -> tuple[Any, dict[str, 
 
     src = resolve_weights(spec, default=None, backbone=name, expects="a HF hub id or save_pretrained folder")
     if src.kind == "random-init":
-        from transformers import (
-            HubertConfig,
-            HubertModel,
-            Wav2Vec2Config,
-            Wav2Vec2Model,
-            WavLMConfig,
-            WavLMModel,
-        )
-
-        config_cls, model_cls = {
-            "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
-            "wavlm": (WavLMConfig, WavLMModel),
-            "hubert": (HubertConfig, HubertModel),
-        }[arch]
         with seeded():
-            model = model_cls(config_cls())
+            model = random_model(arch)
         return model, src.provenance(), model.config.feat_extract_norm == "layer"
     if src.kind not in ("folder", "hub"):
         raise AvxError(f"{name}: weights '{src.spec}' must be a HF hub id or a save_pretrained folder")
