@@ -1,27 +1,32 @@
-"""Keep a long extraction's resident memory flat.
+"""glibc settings for extraction: fast large tensors, and memory handed back.
 
-Crops, frame batches and feature chunks are large and short-lived, allocated by several
-threads. glibc serves them from per-thread heap arenas once its dynamic mmap threshold
-has risen (it rises each time a large block is freed), and freed arena memory in the
-middle of a heap is not given back: the arenas fragment, and peak RSS of ``avx
-extract`` (faces + mobilenetv2, 25 fps) grew 1.49 / 1.87 / 2.12 GiB at 10 / 60 / 240 s.
+Crops, frame batches, activations and feature chunks are large and short-lived, allocated
+by several threads. Two things matter, measured on ``avx extract``:
 
-Two cheaper-looking fixes cost throughput: pinning the mmap threshold
-(``M_MMAP_THRESHOLD``) made RSS flat but cut mobilenetv2's CPU forward from 50 to 28
-frames/s (every conv buffer became a fresh mapping), and a ``malloc_trim`` every second
-cost 10-20% of the forward (its buffers are faulted in again after each trim). So the
-runner calls :func:`release_free_heap` between crop windows and it trims at most every
-:data:`MIN_INTERVAL_S` seconds: 1.64 / 1.80 / 1.97 GiB at 10 / 60 / 240 s, the visual
-backbone at the bare forward's speed (docs/extract.md, "Performance on small machines").
+- :func:`tune_allocator` raises glibc's mmap and trim thresholds, so large blocks are
+  reused from the heap instead of mapped and page-faulted in anew on every batch.
+- :func:`release_free_heap` runs ``malloc_trim`` between crop windows, at most every
+  :data:`MIN_INTERVAL_S` seconds, so the free memory the arenas keep is returned. Once a
+  second cost 10-20% of the forward (its buffers are faulted in again after each trim);
+  pinning a *low* mmap threshold instead made RSS flat but cut mobilenetv2's CPU forward
+  from 50 to 28 frames/s. Figures: docs/extract.md, "Performance on small machines".
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 import time
 from typing import Any
+
+MMAP_THRESHOLD = 256 * 2**20
+"""Blocks below this come from the heap arenas, reused without page faults."""
+TRIM_THRESHOLD = 512 * 2**20
+"""Free memory at a heap's top kept before it is returned (``malloc_trim`` still runs)."""
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
+_USER_SET = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 MIN_INTERVAL_S = 10.0
 """At most one trim per this many seconds: each costs ~70 ms of page faults as the
@@ -44,6 +49,25 @@ def _load() -> Any:
             except (OSError, AttributeError):  # not glibc (musl): nothing to trim
                 pass
     return _libc
+
+
+def tune_allocator() -> bool:
+    """Serve large tensors from the heap instead of fresh mappings; True when applied.
+
+    glibc maps every block above its mmap threshold (32 MiB at most when dynamic) anew and
+    unmaps it when freed, so each backbone batch whose activations exceed it (mobilenetv2
+    at batch 16: 77 MiB layers) is page-faulted in from zero: 3.4 million minor faults
+    and 8.6 s of system time in a 21 s extraction of 24 demo clips. With the thresholds
+    raised the same run took 17.3 s (2.9 s system) at the same peak RSS. A no-op off
+    glibc and when the user tuned malloc through the environment.
+    """
+    lib = _load()
+    if not lib or any(k in os.environ for k in _USER_SET):
+        return False
+    lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.mallopt.restype = ctypes.c_int
+    ok = lib.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    return lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
 
 
 def release_free_heap(force: bool = False) -> bool:

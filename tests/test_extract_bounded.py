@@ -99,3 +99,14 @@ def test_free_heap_is_released_at_most_once_per_interval():
     assert memory.release_free_heap() is False  # within MIN_INTERVAL_S of the forced trim
     memory._last -= memory.MIN_INTERVAL_S
     assert memory.release_free_heap() is True
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_allocator_tuning_respects_the_users_malloc_settings(monkeypatch):
+    from avx import memory
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert memory.tune_allocator() is False  # the user's choice stands
+    for k in memory._USER_SET:
+        monkeypatch.delenv(k, raising=False)
+    assert memory.tune_allocator() is True

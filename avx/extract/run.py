@@ -62,7 +62,7 @@ from avx.extract.backbones.base import Runtime
 from avx.extract.faces import FACE_FIELDS, CropWindow, FaceConfig, FacePipeline
 from avx.extract.feed import VisualFeed, WindowQueue
 from avx.extract.media import Audio, decode_audio, iter_frames, resample
-from avx.memory import release_free_heap
+from avx.memory import release_free_heap, tune_allocator
 from avx.progress import PlainLines, clock
 from avx.serialization import to_dict
 from avx.store_schema import spec as S
@@ -622,6 +622,7 @@ def run_task_on_worker(plan: Plan, task: Task) -> dict[str, PartResult]:
     if runner is None:
         import torch
 
+        tune_allocator()
         torch.set_num_threads(plan.threads)
         if plan.blas_threads:
             from threadpoolctl import threadpool_limits
@@ -674,6 +675,7 @@ def extract(
     """
     console = console or Console(stderr=True)
     t0 = time.time()
+    tune_allocator()  # large tensors from the heap, not fresh mappings (avx/memory.py)
     report = ExtractReport(str(store))
     plan, backbones = plan_extraction(corpus, root, store, options, report, console)
     report.store = plan.store
