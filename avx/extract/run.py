@@ -404,9 +404,7 @@ class ChunkRunner:
                         prep.audio[rate] = clip_failure(e, src)
             except Exception as e:
                 prep.audio = dict.fromkeys(self.rates, clip_failure(e, src))
-        need_faces = row in task.todo.get(S.FACES, ())
-        need_visual = any(row in task.todo.get(b.stream_name, ()) for b in self.visual)
-        if need_faces:
+        if row in task.todo.get(S.FACES, ()):
             try:
                 src = _media(self.media_root, sample["video_path"], sid, "video")
             except MediaError as e:
@@ -414,7 +412,7 @@ class ChunkRunner:
             else:
                 chunks = iter_frames(src, self.plan.faces.sampling, segment=_segment(sample))
                 prep.video, prep.new_faces = self.face_pipe.stream(chunks, source=str(src)), True
-        elif need_visual:
+        elif self._needs_video(row, task):
             faces = self._faces
             status = S.Status(int(faces.index.status[row]))
             if status == S.Status.FAILED:
@@ -424,6 +422,11 @@ class ChunkRunner:
             else:
                 prep.video = self._stored_windows(sid)
         return prep
+
+    def _needs_video(self, row: int, task: Task) -> bool:
+        """Whether ``row`` has crops to detect or to feed a visual backbone in ``task``."""
+        streams = [S.FACES, *(b.stream_name for b in self.visual)]
+        return any(row in task.todo.get(name, ()) for name in streams)
 
     def _stored_windows(self, sid: str) -> Iterator[CropWindow]:
         """Committed crops of ``sid`` in windows of ``STORED_WINDOW`` frames."""
@@ -454,14 +457,16 @@ class ChunkRunner:
             return
         audio_pool, video_pool = pools
         ahead = 2 * max(1, self.plan.options.decode_workers)
-        waiting: deque[tuple[Future[_Prepared], WindowQueue]] = deque()
+        waiting: deque[tuple[Future[_Prepared], WindowQueue | None]] = deque()
 
         def produce(prepared: Future[_Prepared]) -> Iterator[CropWindow]:
             video = prepared.result().video
             return self._counted(video) if video is not None else iter(())
 
-        def start(row: int) -> tuple[Future[_Prepared], WindowQueue]:
+        def start(row: int) -> tuple[Future[_Prepared], WindowQueue | None]:
             prepared = audio_pool.submit(self._prepare, row, task)
+            if not self._needs_video(row, task):  # no producer thread for audio/text-only clips
+                return prepared, None
             q = WindowQueue()
             self._live.append(q)
             # Submitted here, in row order: the pool starts producers oldest first, so
@@ -469,8 +474,10 @@ class ChunkRunner:
             video_pool.submit(q.fill, lambda: produce(prepared))
             return prepared, q
 
-        def ready(item: tuple[Future[_Prepared], WindowQueue]) -> _Prepared:
+        def ready(item: tuple[Future[_Prepared], WindowQueue | None]) -> _Prepared:
             prep = item[0].result()
+            if item[1] is None:
+                return prep
             if prep.video is None:
                 item[1].cancel()
                 return prep
