@@ -19,6 +19,7 @@ import ctypes.util
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 MMAP_THRESHOLD = 256 * 2**20
@@ -51,7 +52,7 @@ def _load() -> Any:
     return _libc
 
 
-def tune_allocator() -> bool:
+def tune_allocator(not_user_set: Mapping[str, str] | None = None) -> bool:
     """Serve large tensors from the heap instead of fresh mappings; True when applied.
 
     glibc maps every block above its mmap threshold (32 MiB at most when dynamic) anew and
@@ -59,10 +60,13 @@ def tune_allocator() -> bool:
     at batch 16: 77 MiB layers) is page-faulted in from zero: 3.4 million minor faults
     and 8.6 s of system time in a 21 s extraction of 24 demo clips. With the thresholds
     raised the same run took 17.3 s (2.9 s system) at the same peak RSS. A no-op off
-    glibc and when the user tuned malloc through the environment.
+    glibc and when the user tuned malloc through the environment; a variable whose value
+    equals its entry in ``not_user_set`` (what Dask's nanny sets in every worker) was not
+    the user's choice and is overridden.
     """
     lib = _load()
-    if not lib or any(k in os.environ for k in _USER_SET):
+    theirs = not_user_set or {}
+    if not lib or any(k in os.environ and os.environ[k] != theirs.get(k) for k in _USER_SET):
         return False
     lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.mallopt.restype = ctypes.c_int

@@ -110,3 +110,16 @@ def test_allocator_tuning_respects_the_users_malloc_settings(monkeypatch):
     for k in memory._USER_SET:
         monkeypatch.delenv(k, raising=False)
     assert memory.tune_allocator() is True
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_allocator_tuning_overrides_what_dask_set_but_not_what_the_user_set(monkeypatch):
+    from avx import memory
+
+    for k in memory._USER_SET:
+        monkeypatch.delenv(k, raising=False)
+    dask_default = {"MALLOC_TRIM_THRESHOLD_": "65536"}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert memory.tune_allocator(not_user_set=dask_default) is True
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # not Dask's value: the user's
+    assert memory.tune_allocator(not_user_set=dask_default) is False

@@ -369,3 +369,30 @@ def test_corpus_without_transcripts_skips_text_with_a_message(tmp_path: Path) ->
                    "--backbone", "text,mfcc", "--weights", f"text={bert}")  # fmt: skip
     assert "skipped text/text: corpus 'manifest' has no transcripts" in " ".join(proc.stderr.split())
     assert open_store(store).streams == ["audio/mfcc"]
+
+
+@pytest.mark.slow
+def test_local_workers_start_with_our_threads_and_allocator_not_dasks() -> None:
+    """Dask's nanny would start workers with a 64 KiB trim threshold (every freed
+    activation returned and faulted in again) and per-thread arenas capped at 64 MiB;
+    ours get one arena, the per-worker thread count and a tunable allocator, and the
+    coordinator's own environment is left as it was."""
+    import os
+
+    from avx.extract.run import ExtractOptions, _dask_client, _dask_spawn_environ
+    from avx.memory import tune_allocator
+
+    before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")}
+    client = _dask_client(ExtractOptions(backbones=("mfcc",), workers=1), threads=3)
+    try:
+        keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+        (env,) = client.run(lambda: {k: os.environ.get(k) for k in keys}).values()
+        assert env == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "MALLOC_TRIM_THRESHOLD_": None,
+                       "MALLOC_ARENA_MAX": "1"}  # fmt: skip
+        (tuned,) = client.run(lambda: tune_allocator(not_user_set=_dask_spawn_environ())).values()
+        assert tuned is True
+        assert {k: os.environ.get(k) for k in before} == before
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 import warnings
@@ -622,6 +623,15 @@ def _worker_device(device: str) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
+def _dask_spawn_environ() -> dict[str, str]:
+    """What Dask's nanny puts in a worker's environment by default (its trim threshold
+    is Dask's choice, not the user's: :func:`~avx.memory.tune_allocator` may override it)."""
+    import dask
+
+    env = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {k: str(v) for k, v in env.items()}
+
+
 def run_task_on_worker(plan: Plan, task: Task) -> dict[str, PartResult]:
     """Dask task: build (once per worker process) the runner, check provenance, run a chunk."""
     key = _fingerprint({"plan": plan.store, "specs": {k: v.to_attrs() for k, v in plan.specs.items()}})
@@ -629,7 +639,7 @@ def run_task_on_worker(plan: Plan, task: Task) -> dict[str, PartResult]:
     if runner is None:
         import torch
 
-        tune_allocator()
+        tune_allocator(not_user_set=_dask_spawn_environ())
         torch.set_num_threads(plan.threads)
         if plan.blas_threads:
             from threadpoolctl import threadpool_limits
@@ -651,14 +661,52 @@ def run_task_on_worker(plan: Plan, task: Task) -> dict[str, PartResult]:
     return runner.run(task)
 
 
-def _dask_client(options: ExtractOptions) -> Any:
+def _worker_environ(threads: int) -> dict[str, str]:
+    """Environment our local workers start with, in place of Dask's ``pre-spawn-environ``.
+
+    Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` and one
+    OpenMP/BLAS thread, and writes the same into the starting process's own environment.
+    The trim threshold hands each freed activation back to the system, so the next batch
+    page-faults it in again. Worse, a worker runs tasks on a thread, and glibc gives each
+    thread its own arena, whose heaps hold at most 64 MiB: larger blocks (mobilenetv2's
+    77 MiB activations at batch 16) are mapped and faulted in anew on every batch whatever
+    the mmap threshold. A worker ran 24 demo clips in 2.5× the time of one process, with
+    3.4 million page faults against 0.66 million. So workers get the thread count the
+    coordinator chose per worker, glibc's trim default (which
+    :func:`~avx.memory.tune_allocator` raises as in one process) and one arena, the
+    main heap, which has no such cap: 0.5 million faults, a worker as fast as one process
+    (docs/extract.md, "Performance on small machines").
+    """
+    n = str(max(1, threads))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MALLOC_ARENA_MAX": "1"}
+
+
+def _dask_client(options: ExtractOptions, threads: int = 1) -> Any:
+    import dask
     from distributed import Client, LocalCluster
 
     if options.scheduler:
         return Client(options.scheduler)
-    cluster = LocalCluster(
-        n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+    env, theirs = _worker_environ(threads), _dask_spawn_environ()
+    keep = {k: os.environ.get(k) for k in {*env, *theirs}}
+    # The nanny takes a variable from this process's environment over its config: set
+    # ours there, and drop Dask's own values an earlier cluster left in it (a value the
+    # user set stays, and the workers inherit it).
+    for k, v in theirs.items():
+        if os.environ.get(k) == v:
+            del os.environ[k]
+    os.environ.update(env)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            cluster = LocalCluster(
+                n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+    finally:  # the nanny wrote its variables into this process's environment too
+        for k, v in keep.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return Client(cluster)
 
 
@@ -912,7 +960,7 @@ def _run_dask(
 ) -> None:
     from distributed import as_completed
 
-    client = _dask_client(options)
+    client = _dask_client(options, plan.threads)
     try:
         futures = {client.submit(run_task_on_worker, plan, t, pure=False): t for t in tasks}
         for fut in as_completed(futures):
