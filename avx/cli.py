@@ -489,6 +489,7 @@ def fuse_train(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 1e-4,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    betas: Annotated[str, typer.Option(help="Adam/AdamW betas B1,B2.")] = "0.9,0.999",
     scheduler: Annotated[
         str, typer.Option(help="none | cosine-restarts | warmup-cosine | step | plateau.")
     ] = "none",
@@ -553,6 +554,10 @@ def fuse_train(
             thr = float(threshold)
         except ValueError:
             raise AvxError(f"--threshold takes a number or 'tune', not '{threshold}'") from None
+    try:
+        b1, b2 = (float(b) for b in betas.split(","))
+    except ValueError:
+        raise AvxError(f"--betas takes two numbers B1,B2, not '{betas}'") from None
     if "://" not in store and not Path(store).exists():  # as open_store says it, without importing zarr
         raise AvxError(f"{store}: no such store (the path does not exist)")
     from avx.fuse.data import DataConfig  # torch: after the checks that need none (usage errors in < 1 s)
@@ -582,6 +587,7 @@ def fuse_train(
         lr=lr,
         weight_decay=weight_decay,
         momentum=momentum,
+        betas=(b1, b2),
         scheduler=scheduler,
         t0=t0,
         t_mult=t_mult,

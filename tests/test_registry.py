@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,10 +145,19 @@ def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> N
         assert (w[1, ..., 1] == 0).all()  # the absent stream gets no weight
         assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]))
     terms = model.loss(out, b, Objective("multiclass"))
-    # Every parameter must reach some output: the loss or a per-stream prediction.
+    # Every parameter must reach some output: the loss, a per-stream prediction, or the
+    # method's own training step (VAVL's reconstruction heads train only there).
     extra = sum(lg.sum() for lg in out.modality_logits.values()) * 1e-3
     (torch.stack(list(terms.values())).sum() + extra).backward()
+    optimizers = {k: torch.optim.SGD(ps, lr=0.0) for k, ps in model.parameter_groups().items()}
+    steps = model.training_step(
+        b, Objective("multiclass"), optimizers, lambda loss, _opts: loss.backward(), contextlib.nullcontext
+    )
+    assert steps and all(np.isfinite(v) for v in steps.values())
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # parameter groups (one optimiser each) cover every trainable parameter exactly once
+    grouped = [id(p) for ps in model.parameter_groups().values() for p in ps]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
 
 
 # -- declared capabilities are tested, not trusted -------------------------------------------

@@ -25,8 +25,8 @@ SCHEDULERS = ("none", "cosine-restarts", "warmup-cosine", "step", "plateau")
 class TrainConfig:
     """Everything that determines a run (written to ``RUN/config.json``).
 
-    Optimisation: ``optimizer`` (adam, adamw, sgd with ``momentum``), ``lr``,
-    ``weight_decay``; ``scheduler``: ``cosine-restarts`` (SGDR, ``t0`` epochs,
+    Optimisation: ``optimizer`` (adam, adamw with ``betas``; sgd with ``momentum``),
+    ``lr``, ``weight_decay``; ``scheduler``: ``cosine-restarts`` (SGDR, ``t0`` epochs,
     ``t_mult``, stepped per batch), ``warmup-cosine`` (``warmup`` epochs linear, then
     cosine to 0), ``step`` (x ``gamma`` every ``step_size`` epochs), ``plateau``
     (x ``gamma`` when the dev metric stalls for ``step_size`` epochs); ``grad_clip``
@@ -50,6 +50,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
     scheduler: str = "none"
     t0: int = 1
     t_mult: int = 2

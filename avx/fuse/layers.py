@@ -129,3 +129,200 @@ class FrameProjection(nn.Module):
         if self.positions:
             h = h * math.sqrt(h.shape[-1]) + sinusoidal_positions(h.shape[1], h.shape[-1], h.device)
         return self.dropout(h)
+
+
+# -- Conformer (Gulati et al., 2020) -------------------------------------------------------
+
+
+def relative_positions(t: int, d: int, device: torch.device) -> torch.Tensor:
+    """Sinusoidal encodings ``[2T - 1, d]`` of the relative distances ``T-1 .. -(T-1)``
+    (row ``r`` encodes distance ``T - 1 - r``), as Transformer-XL's attention uses."""
+    dist = torch.arange(t - 1, -t, -1, device=device, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(2 * t - 1, d, device=device)
+    pe[:, 0::2] = torch.sin(dist * div)
+    pe[:, 1::2] = torch.cos(dist * div)[:, : d // 2]
+    return pe
+
+
+class RelPositionAttention(nn.Module):
+    """Multi-head self-attention with relative positional encoding (Transformer-XL,
+    Dai et al. 2019), the Conformer's attention.
+
+    ``score(i, j) = [(q_i + u) . k_j + (q_i + v) . W_p p_{i-j}] / sqrt(d_head)``, with
+    ``u`` and ``v`` learned per head and ``p`` the sinusoidal encoding of the distance
+    ``i - j``. The distance term is gathered by index (no "relative shift" padding trick),
+    so each query sees exactly its own distances. Padded keys are masked out; a sequence
+    with no real frame (an absent modality) gets zeros.
+    """
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"width {d} is not divisible by {heads} heads")
+        self.h, self.dk = heads, d // heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.pos = nn.Linear(d, d, bias=False)
+        self.out = nn.Linear(d, d)
+        self.u = nn.Parameter(torch.empty(heads, self.dk))
+        self.v = nn.Parameter(torch.empty(heads, self.dk))
+        nn.init.xavier_uniform_(self.u)
+        nn.init.xavier_uniform_(self.v)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.h, self.dk).unbind(2)  # [B, T, H, dk] each
+        p = self.pos(relative_positions(t, d, x.device).to(x.dtype)).view(2 * t - 1, self.h, self.dk)
+        content = torch.einsum("bihd,bjhd->bhij", q + self.u, k)
+        by_distance = torch.einsum("bihd,rhd->bhir", q + self.v, p)  # [B, H, T, 2T-1]
+        i = torch.arange(t, device=x.device)
+        index = (t - 1 - i[:, None] + i[None, :]).expand(b, self.h, t, t)  # distance i - j
+        scores = (content + by_distance.gather(-1, index)) / math.sqrt(self.dk)
+        padding, empty = key_padding(mask)
+        scores = scores.masked_fill(padding[:, None, None, :], torch.finfo(scores.dtype).min)
+        attn = self.dropout(torch.softmax(scores, -1))
+        h = torch.einsum("bhij,bjhd->bihd", attn, v).reshape(b, t, d)
+        return self.out(h).masked_fill(empty[:, None, None], 0.0)
+
+
+class MaskedBatchNorm1d(nn.Module):
+    """BatchNorm over channels whose statistics come from real frames only.
+
+    ``x [B, T, C]``, ``mask [B, T]``. In training the mean and (biased) variance are taken
+    over the batch's real frames, and the running estimates are updated with the unbiased
+    variance, as ``nn.BatchNorm1d`` does; padded frames never enter them. In evaluation
+    the running estimates are used, so no sample depends on another.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n = mask.sum()
+        if self.training and n > 1:
+            m = mask.unsqueeze(-1).to(x.dtype)
+            mean = (x * m).sum((0, 1)) / n
+            var = (((x - mean) * m) ** 2).sum((0, 1)) / n
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().float(), self.momentum)
+                self.running_var.lerp_((var.detach() * n / (n - 1)).float(), self.momentum)
+        else:
+            mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class ConformerConvModule(nn.Module):
+    """Pointwise conv (2×) + GLU → depthwise conv → BatchNorm → Swish → pointwise conv.
+
+    Padded frames are zeroed before the depthwise convolution, so a sample's output
+    equals what it would be with no padding at all (the convolution's own zero padding).
+    """
+
+    def __init__(self, d: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ValueError(f"the depthwise kernel must be odd (same length out), got {kernel}")
+        self.norm = nn.LayerNorm(d)
+        self.pointwise_in = nn.Linear(d, 2 * d)
+        self.depthwise = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
+        self.bn = MaskedBatchNorm1d(d)
+        self.pointwise_out = nn.Linear(d, d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(x.dtype)
+        h = nn.functional.glu(self.pointwise_in(self.norm(x)), dim=-1) * m
+        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)
+        h = nn.functional.silu(self.bn(h, mask))
+        return self.dropout(self.pointwise_out(h))
+
+
+class ConformerFeedForward(nn.Module):
+    """LayerNorm → Linear(d, 4d) → Swish → dropout → Linear(4d, d) → dropout."""
+
+    def __init__(self, d: int, dropout: float, expansion: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d),
+            nn.Linear(d, expansion * d),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(expansion * d, d),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConformerBlock(nn.Module):
+    """One Conformer block (Gulati et al., 2020), batch-first and masked:
+    ½·FFN → relative-position MHSA → convolution module → ½·FFN → LayerNorm, each a
+    residual branch. Padded frames are kept at zero after every branch, so neither the
+    depthwise convolution nor BatchNorm sees them, and no operation mixes samples except
+    BatchNorm's training statistics (over real frames)."""
+
+    def __init__(self, d: int, heads: int, kernel: int = 31, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.ff1, self.ff2 = ConformerFeedForward(d, dropout), ConformerFeedForward(d, dropout)
+        self.attn_norm = nn.LayerNorm(d)
+        self.attn = RelPositionAttention(d, heads, dropout)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.conv = ConformerConvModule(d, kernel, dropout)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(x.dtype)
+        x = (x + 0.5 * self.ff1(x)) * m
+        x = (x + self.attn_dropout(self.attn(self.attn_norm(x), mask))) * m
+        x = (x + self.conv(x, mask)) * m
+        x = x + 0.5 * self.ff2(x)
+        return self.norm(x) * m
+
+
+class Conformer(nn.Module):
+    """``depth`` :class:`ConformerBlock` s of width ``d``: ``x [B, T, d]``, ``mask [B, T]``
+    -> ``[B, T, d]`` (zeros on padded frames)."""
+
+    def __init__(self, d: int, heads: int, depth: int, kernel: int = 31, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ConformerBlock(d, heads, kernel, dropout) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        for b in self.blocks:
+            x = b(x, mask)
+        return x
+
+
+class TemporalProjection(nn.Module):
+    """A 1-D temporal convolution (``kernel`` frames, no bias) to ``bottleneck`` features,
+    then a linear map to ``d``: VAVL's per-modality input layer, which makes every frame
+    aware of its neighbours and brings both modalities to one width. Padded frames are
+    zeroed first, so they never reach a real frame."""
+
+    def __init__(self, input_size: int, bottleneck: int, d: int, kernel: int = 5) -> None:
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ValueError(f"the projection kernel must be odd (same length out), got {kernel}")
+        self.conv = nn.Conv1d(input_size, bottleneck, kernel, padding=kernel // 2, bias=False)
+        self.linear = nn.Linear(bottleneck, d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        return self.linear(self.conv(x.transpose(1, 2)).transpose(1, 2))
+
+
+def mlp_head(d_in: int, d_out: int, dropout: float, hidden: tuple[int, ...] = (512, 256)) -> nn.Sequential:
+    """Fully connected layers ``d_in -> hidden... -> d_out`` with ReLU and dropout between."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h), nn.ReLU(), nn.Dropout(dropout)]
+        d_in = h
+    return nn.Sequential(*layers, nn.Linear(d_in, d_out))

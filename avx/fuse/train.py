@@ -86,9 +86,9 @@ def build_optimizers(model: FusionMethod, cfg: TrainConfig) -> dict[str, torch.o
                 params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
             )
         elif cfg.optimizer == "adamw":
-            out[name] = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            out[name] = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         else:
-            out[name] = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            out[name] = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return out
 
 
@@ -222,7 +222,10 @@ class Trainer:
         if self.cfg.grad_clip:
             for o in optimizers:
                 self.scaler.unscale_(o)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            # only what this step updates: a method stepping parameter groups in turn
+            # (VAVL) leaves other groups' gradients from earlier steps in place
+            params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         for o in optimizers:
             self.scaler.step(o)
         self.scaler.update()

@@ -106,11 +106,12 @@ class FusionMethod(nn.Module):
 
     def features(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``[B, T, D]`` per stream, multi-layer streams mixed by their learned weights."""
-        out = {}
-        for s in self.streams:
-            x = batch.inputs[s]
-            out[s] = self.layer_mix[_key(s)](x) if _key(s) in self.layer_mix else x
-        return out
+        return {s: self.stream_features(batch, s) for s in self.streams}
+
+    def stream_features(self, batch: Batch, s: str) -> torch.Tensor:
+        """:meth:`features` of one stream only."""
+        x = batch.inputs[s]
+        return self.layer_mix[_key(s)](x) if _key(s) in self.layer_mix else x
 
     # -- training hooks ------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
