@@ -245,3 +245,70 @@ def test_paper_sizes_give_the_paper_head_parameter_counts() -> None:
     assert n(model.head[_key(A)]) == 395_526
     assert n(model.reconstruct[_key(A)]) + n(model.reconstruct[_key(V)]) == 1_412_992
     assert n(model.av) == 657_670
+
+
+# -- the baselines -------------------------------------------------------------------------
+
+
+def _baseline(name: str, **kw):
+    torch.manual_seed(0)
+    info = {A: StreamInfo(5), V: StreamInfo(7, modality="video")}
+    return create_method(name, info, TaskSpec("multiclass", 3), **kw).eval()
+
+
+def test_uavm_runs_each_modality_alone_through_shared_layers_and_averages() -> None:
+    model = _baseline("uavm", d_model=16, heads=2, modality_depth=1, shared_depth=1)
+    batch = _batch([True, False, True])
+    with torch.no_grad():
+        out = model(batch)
+        other = _batch([True, False, True], seed=1)  # different video, same audio
+        other.inputs[A] = batch.inputs[A]
+        again = model(other)
+    # the audio prediction never sees the video
+    assert torch.equal(out.modality_logits[A], again.modality_logits[A])
+    assert torch.allclose(out.logits[0], (out.modality_logits[A][0] + out.modality_logits[V][0]) / 2)
+    assert torch.equal(out.logits[1], out.modality_logits[A][1])  # video absent
+    with pytest.raises(Exception, match="learned positions"):
+        _baseline("uavm", d_model=16, heads=2, modality_depth=1, shared_depth=1, max_frames=4)(batch)
+
+
+def test_auxformer_causal_mask_and_three_head_average() -> None:
+    from avx.fuse.methods.auxformer import attention_mask
+
+    q = torch.ones(1, 4, dtype=torch.bool)
+    blocked = attention_mask(q, q, causal=True, heads=1)[0]
+    assert torch.equal(blocked, ~torch.tril(torch.ones(4, 4, dtype=torch.bool)))
+    k = torch.ones(1, 8, dtype=torch.bool)  # twice the rate: query i sees keys 0 .. 2i + 1
+    seen = (~attention_mask(q, k, causal=True, heads=1)[0]).sum(1)
+    assert seen.tolist() == [2, 4, 6, 8]
+    k[0, 6:] = False  # 6 real keys: j / 6 < (i + 1) / 4
+    seen = (~attention_mask(q, k, causal=True, heads=2)[1]).sum(1)
+    assert seen.tolist() == [2, 3, 5, 6]
+    model = _baseline("auxformer", d_model=10, heads=2, depth=1)
+    batch = _batch([True, True])
+    with torch.no_grad():
+        out = model(batch)
+    probs = [out.av_logits.softmax(-1), *(x.softmax(-1) for x in out.modality_logits.values())]
+    assert torch.allclose(out.logits.softmax(-1), torch.stack(probs).mean(0), atol=1e-6)
+    terms = model.loss(out, batch, Objective("multiclass"))
+    assert set(terms) == {"task_av", f"task_{_key(A)}", f"task_{_key(V)}"}
+
+
+def test_tlstm_resamples_the_other_modality_onto_the_first_clock() -> None:
+    from avx.fuse.methods.tlstm import resample_frames
+
+    x = torch.arange(6.0).view(1, 6, 1).repeat(2, 1, 1)
+    mask = torch.tensor([[True] * 3 + [False] * 3, [False] * 6])
+    ref = torch.ones(2, 6, dtype=torch.bool)
+    out = resample_frames(x, mask, ref)
+    assert out[0, :, 0].tolist() == [0, 0, 1, 1, 2, 2] and (out[1] == 0).all()
+
+
+def test_baseline_sizes_are_the_order_the_vavl_paper_reports() -> None:
+    """VAVL's paper: UAVM 117M, TLSTM 485k, AuxFormer 1.226M (1,024-D audio, 1,408-D video)."""
+    info = {A: StreamInfo(1024), V: StreamInfo(1408, modality="video")}
+    n = {
+        name: sum(p.numel() for p in create_method(name, info, TaskSpec("multiclass", 6)).parameters())
+        for name in ("uavm", "tlstm", "auxformer")
+    }
+    assert 110e6 < n["uavm"] < 125e6 and 0.4e6 < n["tlstm"] < 0.55e6 and 0.6e6 < n["auxformer"] < 1.5e6

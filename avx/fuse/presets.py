@@ -185,3 +185,16 @@ PRESETS.register(
         },
     )
 )
+
+
+PRESETS.register(
+    Preset(
+        "auxformer-paper",
+        method="auxformer",
+        source=(
+            "AuxFormer (Goncalves & Busso, 2022), as its public code trains it (the VAVL paper's baseline): "
+            "Adam, lr 7.25e-4, 30 epochs, batch 32, modality dropout zeroing each modality with p = 0.2"
+        ),
+        train={"optimizer": "adam", "lr": 7.25e-4, "epochs": 30, "batch_size": 32, "dropout": "prob:0.2"},
+    )
+)
