@@ -670,7 +670,14 @@ def fuse_eval(
     ] = None,
     snr: Annotated[Opt[float], typer.Option(help="With --noise: add noise at this SNR (dB) instead.")] = None,
     mask_frames: Annotated[
-        Opt[list[str]], typer.Option(help="Zero this fraction of frames (0.1..0.9).")
+        Opt[list[str]], typer.Option(help="Zero this fraction of frames (0.1..0.9); writes RUN/masking.csv.")
+    ] = None,
+    modality: Annotated[
+        Opt[str], typer.Option(help="With --mask-frames: mask only this modality (audio|video|text|stream).")
+    ] = None,
+    against: Annotated[
+        Opt[Path],
+        typer.Option(help="Trials directory to t-test against (paired, two-tailed, over folds; * p < 0.05)."),
     ] = None,
     occlude: Annotated[Opt[list[str]], typer.Option(help="Occlude this fraction of face crops.")] = None,
     settings: Annotated[
@@ -692,6 +699,12 @@ def fuse_eval(
     trials = (run / "trials.json").exists()  # a --trials directory: every fold, then mean ± std
     if not trials:
         check_loadable(run)  # before torch is imported: a wrong path is answered at once
+        if against is not None:
+            raise AvxError(f"--against compares fold by fold: {run} is not a --trials directory")
+    elif against is not None and not (against / "trials.json").exists():
+        raise AvxError(f"--against {against}: not a --trials directory (no trials.json)")
+    if modality is not None and not mask_frames:
+        raise AvxError("--modality selects what --mask-frames masks: give --mask-frames too")
     from avx.fuse.robustness import evaluate_run, evaluate_trials
 
     _threads(threads)
@@ -709,12 +722,14 @@ def fuse_eval(
         noise=list(_split_csv(noise)),
         snr=snr,
         mask_frames=_floats(mask_frames),
+        mask_modality=modality,
         occlude=_floats(occlude),
         console=err,
     )
-    res = evaluate_trials(run, **kw) if trials else evaluate_run(run, **kw)
+    res = evaluate_trials(run, against=against, **kw) if trials else evaluate_run(run, **kw)
     out.print(res["markdown"], highlight=False)
-    out.print(f"wrote {run}/eval.json, eval.csv, eval.md" + (" (and each fold's)" if trials else ""))
+    extra = ", masking.csv" if mask_frames else ""
+    out.print(f"wrote {run}/eval.json, eval.csv, eval.md{extra}" + (" (and each fold's)" if trials else ""))
 
 
 @fuse_app.command("predict")
@@ -778,13 +793,23 @@ def fuse_plot(
     frames: Annotated[
         Path, typer.Argument(help="Directory written by `avx fuse predict` (or its frames.npz).")
     ],
-    sample_id: Annotated[str, typer.Option("--id", help="Sample to draw.")],
     out_path: Annotated[Path, typer.Option("--out", help="Image to write (.png, .pdf, .svg).")],
+    sample_id: Annotated[Opt[str], typer.Option("--id", help="Sample to draw.")] = None,
     output: Annotated[int, typer.Option(help="Output (dimension or class) to draw.")] = 0,
+    masking: Annotated[
+        bool, typer.Option(help="Draw RUN/masking.csv (`avx fuse eval --mask-frames`): VAVL Fig. 2.")
+    ] = False,
+    metric: Annotated[Opt[str], typer.Option(help="With --masking: the metric (default: headline).")] = None,
 ) -> None:
-    """Per-frame predictions and fusion weights of one sample over time (COLD Figs. 5-6)."""
-    from avx.fuse.plots import plot_frames
+    """Per-frame predictions and fusion weights of one sample over time (COLD Figs. 5-6),
+    or with --masking a run's score per frame-masking rate, fused and per head (VAVL Fig. 2)."""
+    from avx.fuse.plots import plot_frames, plot_masking
 
+    if masking:
+        out.print(f"wrote {plot_masking(frames, out_path, metric=metric)}")
+        return
+    if sample_id is None:
+        raise AvxError("give --id SAMPLE (or --masking to draw a run's masking curves)")
     out.print(f"wrote {plot_frames(frames, sample_id, out_path, output=output)}")
 
 

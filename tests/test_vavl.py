@@ -312,3 +312,98 @@ def test_baseline_sizes_are_the_order_the_vavl_paper_reports() -> None:
         for name in ("uavm", "tlstm", "auxformer")
     }
     assert 110e6 < n["uavm"] < 125e6 and 0.4e6 < n["tlstm"] < 0.55e6 and 0.6e6 < n["auxformer"] < 1.5e6
+
+
+# -- from the store: unpaired training, the paper's tables -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def partial_store(demo_store, tmp_path_factory):
+    """The demo store plus ``video/partial``: the MobileNetV2 frames of 70% of the clips
+    (the others have no video at all, as a corpus with unpaired audio would)."""
+    import shutil
+
+    import zarr
+
+    from avx.store_schema import open_store
+    from avx.store_schema.writer import StreamSpec, StreamWriter
+
+    path = tmp_path_factory.mktemp("partial") / "s.zarr"
+    shutil.copytree(demo_store, path)
+    store = open_store(path)
+    src = store.stream("video/mobilenetv2")
+    spec = StreamSpec("video/partial", (1280,), "float32", None, provenance={"backbone": "test"})
+    w = StreamWriter(zarr.open_group(str(path), mode="r+"), spec, part_size=8)
+    rng = np.random.default_rng(0)
+    keep = rng.permutation(len(store.sample_ids))[: int(0.7 * len(store.sample_ids))]
+    for row in sorted(keep):
+        sid = store.sample_ids[row]
+        w.add(int(row), src[sid], src.timestamps(sid))
+    w.close()
+    return path
+
+
+@pytest.mark.slow
+def test_vavl_trains_unpaired_and_the_tables_come_out(partial_store, tmp_path) -> None:
+    """30% of clips without video: VAVL trains (their audio in the acoustic step only)
+    and evaluates; trials give Table 1's AV / A / V layout with paired t-tests against
+    another method, and frame masking gives Fig. 2's CSV and plot."""
+    import json
+
+    import pandas as pd
+    from scipy.stats import ttest_rel
+
+    from avx.fuse.data import DataConfig
+    from avx.fuse.plots import plot_masking
+    from avx.fuse.robustness import evaluate_trials
+    from avx.fuse.runs import run_trials
+    from avx.fuse.train import TrainConfig
+
+    data = DataConfig(streams=("audio/mfcc", "video/partial"))
+    common = dict(store=str(partial_store), data=data, epochs=2, bootstrap=0, lr=1e-3)
+    vavl = TrainConfig(method="vavl", method_config={**SMALL, "conv_kernel": 5}, **common)
+    run_trials(vavl, tmp_path / "vavl", 2)
+    fold = json.loads((tmp_path / "vavl" / "fold-0" / "metrics.json").read_text())
+    assert fold["n_samples"]["train"] > 0 and np.isfinite(fold["test"]["macro_f1"])
+    assert all(np.isfinite(h["train_task_av"]) and np.isfinite(h["train_task_audio"]) for h in fold["history"])
+    uavm = TrainConfig(
+        method="uavm", method_config={"d_model": 16, "heads": 2, "modality_depth": 1, "shared_depth": 1}, **common
+    )
+    run_trials(uavm, tmp_path / "uavm", 2)
+
+    res = evaluate_trials(
+        tmp_path / "vavl",
+        against=tmp_path / "uavm",
+        modality_table=("av", "a", "v"),
+        mask_frames=[0.3, 0.6],
+        mask_modality="audio",
+    )
+    table = pd.DataFrame(res["table"]).set_index("setting")
+    assert list(table.index[:3]) == ["AV", "A (video missing)", "V (audio missing)"]
+    assert "macro_f1 p" in table.columns and "* p < 0.05" in res["markdown"]
+    # the p-value is scipy's paired two-tailed t-test over the folds' values
+    ours = [pd.read_csv(tmp_path / "vavl" / f"fold-{k}" / "eval.csv").set_index("setting") for k in (0, 1)]
+    ref = [pd.read_csv(tmp_path / "uavm" / f"fold-{k}" / "eval.csv").set_index("setting") for k in (0, 1)]
+    a = [t.loc["AV", "accuracy"] for t in ours]
+    b = [t.loc["AV", "accuracy"] for t in ref]
+    if not np.allclose(np.subtract(a, b), a[0] - b[0]):
+        assert table.loc["AV", "accuracy p"] == pytest.approx(ttest_rel(a, b).pvalue)
+    masking = pd.read_csv(tmp_path / "vavl" / "masking.csv")
+    assert sorted(set(masking["rate"])) == [0.0, 0.3, 0.6]
+    assert set(masking["head"]) == {"fused", "audio/mfcc", "video/partial"}
+    assert {"macro_f1", "macro_f1 std"} <= set(masking.columns)
+    png = plot_masking(tmp_path / "vavl", tmp_path / "fig2.png")
+    assert png.stat().st_size > 1000
+
+
+def test_paired_t_test_is_scipys_with_its_degenerate_cases_defined() -> None:
+    from scipy.stats import ttest_rel
+
+    from avx.fuse.robustness import paired_t_test
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(5), rng.random(5)
+    assert paired_t_test(a, b) == pytest.approx(ttest_rel(a, b).pvalue, rel=1e-12)
+    assert paired_t_test(a, a) == 1.0  # no difference at all
+    assert paired_t_test(a + 0.1, a) == 0.0  # the same improvement on every fold
+    assert np.isnan(paired_t_test(a[:1], b[:1]))

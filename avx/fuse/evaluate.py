@@ -432,3 +432,38 @@ def _columns(df: pd.DataFrame, prefix: str, values: np.ndarray, names: list[str]
     else:
         for k, n in enumerate(names):
             df[f"{prefix}:{n}"] = values[:, k]
+
+
+def complexity(
+    model: FusionMethod, data: FusionData, split: str, device: str | torch.device, clips: int = 17
+) -> dict[str, Any]:
+    """Trainable parameters, and inference latency per clip on ``device``: the model's
+    forward on one clip at a time (the deployment case the VAVL paper times), median
+    over ``clips - 1`` clips of ``split`` after one warm-up clip, data loading excluded."""
+    import time
+
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cuda = str(device).startswith("cuda")
+    times: list[float] = []
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for k, batch in enumerate(data.batches(split, 1)):
+            if k >= clips:
+                break
+            batch = batch.to(device)
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(batch)
+            if cuda:
+                torch.cuda.synchronize()
+            if k:
+                times.append(time.perf_counter() - t0)
+    model.train(was)
+    return {
+        "parameters": int(n_params),
+        "latency_ms_per_clip": round(1000 * float(np.median(times)), 3) if times else None,
+        "latency_device": str(device),
+        "latency_clips": len(times),
+    }

@@ -1,9 +1,13 @@
-"""Figures of per-frame behaviour: predictions and fusion weights over time (COLD Figs. 5-6).
+"""Figures: per-frame behaviour over time (COLD Figs. 5-6) and scores against the share
+of masked frames (VAVL Fig. 2).
 
-:func:`plot_frames` reads the ``frames.npz`` that ``avx fuse predict`` writes and draws,
-for one sample, the target and the fused and per-stream predictions (top) and each
-stream's fusion weight (bottom), shading the frames given as ``corrupted`` (e.g. the
-flags a test-time corruption recorded). It needs matplotlib (``pip install 'avx[plot]'``).
+:func:`plot_masking` draws the ``masking.csv`` that ``avx fuse eval --mask-frames``
+writes: one curve per head (fused, each stream's own), mean ± std over folds for a
+``--trials`` directory. :func:`plot_frames` reads the ``frames.npz`` that
+``avx fuse predict`` writes and draws, for one sample, the target and the fused and
+per-stream predictions (top) and each stream's fusion weight (bottom), shading the
+frames given as ``corrupted`` (e.g. the flags a test-time corruption recorded). Both
+need matplotlib (``pip install 'avx[plot]'``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,50 @@ import numpy as np
 
 from avx.errors import AvxError
 from avx.fuse.evaluate import probabilities
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise AvxError("plotting needs matplotlib: pip install 'avx[plot]'") from None
+    return plt
+
+
+def plot_masking(run: str | Path, out: str | Path, *, metric: str | None = None) -> Path:
+    """Draw ``RUN/masking.csv``: ``metric`` (default: the first metric column, the
+    task's headline) against the masking rate, one line per head."""
+    import pandas as pd
+
+    p = Path(run)
+    p = p / "masking.csv" if p.is_dir() else p
+    if not p.exists():
+        raise AvxError(f"{p}: no masking.csv here; write one with `avx fuse eval RUN --mask-frames 0.1,0.5`")
+    df = pd.read_csv(p)
+    cols = [c for c in df.columns if c not in ("rate", "masked", "head") and not c.endswith(" std")]
+    metric = metric or cols[0]
+    if metric not in df.columns:
+        raise AvxError(f"{p}: no metric '{metric}'; it has {', '.join(cols)}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    masked = ", ".join(sorted({str(m) for m in df["masked"].dropna() if str(m) != "none"})) or "every stream"
+    for head, g in df.groupby("head", sort=False):
+        g = g.sort_values("rate")
+        ax.plot(g["rate"], g[metric], marker="o", lw=1.5, label=str(head))
+        if f"{metric} std" in g:
+            sd = g[f"{metric} std"].fillna(0.0)
+            ax.fill_between(g["rate"], g[metric] - sd, g[metric] + sd, alpha=0.15)
+    ax.set_xlabel(f"fraction of frames masked ({masked})")
+    ax.set_ylabel(metric)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    path = Path(out)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _load(path: str | Path) -> dict[str, np.ndarray]:
@@ -49,13 +97,7 @@ def plot_frames(
 ) -> Path:
     """Draw sample ``sample_id`` of ``frames`` (a predict directory or its
     ``frames.npz``) into ``out`` (any format matplotlib writes, by suffix)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise AvxError("plotting needs matplotlib: pip install 'avx[plot]'") from None
+    plt = _pyplot()
     arr = _load(frames)
     prefix = f"{sample_id}/"
     mine = {k[len(prefix) :]: v for k, v in arr.items() if k.startswith(prefix)}

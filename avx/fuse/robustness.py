@@ -80,6 +80,7 @@ def build_settings(
     noise: list[str] = (),
     snr: float | None = None,
     mask_frames: list[float] = (),
+    mask_modality: str | None = None,
     occlude: list[float] = (),
     modality_table: tuple[str, ...] = (),
     absent: str = "missing",
@@ -122,8 +123,9 @@ def build_settings(
     for frac in mask_frames:
         if not 0 < frac < 1:
             raise AvxError(f"--mask-frames takes a fraction in (0, 1), got {frac}")
-        p = Perturbation("mask", tuple(streams), p=frac, seed=seed)
-        out.append(Setting(p.name, p))
+        hit = streams_of(mask_modality, streams) if mask_modality else tuple(streams)
+        p = Perturbation("mask", hit, p=frac, seed=seed)
+        out.append(Setting(p.name if not mask_modality else f"mask {frac:g} of {mask_modality} frames", p))
     for frac in occlude:
         if not 0 < frac <= 1:
             raise AvxError(f"--occlude takes a fraction in (0, 1], got {frac}")
@@ -193,6 +195,8 @@ def evaluate_run(
     p = Path(path)
     (p / "eval.json").write_text(json.dumps(jsonable(out), indent=2))
     table.to_csv(p / "eval.csv", index=False)
+    if masking := masking_rows(settings, results, data.task):
+        pd.DataFrame(masking).to_csv(p / "masking.csv", index=False)
     md = markdown(table)
     cal = out["calibration"]
     if cal:
@@ -211,33 +215,111 @@ def evaluate_run(
     return out
 
 
-def evaluate_trials(path: str | Path, **kw: Any) -> dict[str, Any]:
-    """:func:`evaluate_run` on every fold of a ``--trials`` directory, then each
-    setting's mean and standard deviation over folds (the protocol SFAV reports: five
-    actor folds of RAVDESS). Writes ``DIR/eval.json|csv|md`` beside each fold's own."""
-    path = Path(path)
+def _fold_tables(path: Path, **kw: Any) -> tuple[list[int], list[pd.DataFrame]]:
     folds = json.loads((path / "trials.json").read_text())["folds"]
     per_fold = [evaluate_run(path / f"fold-{k}", **kw) for k in folds]
-    tables = [pd.DataFrame(r["table"]).set_index("setting") for r in per_fold]
+    return folds, [pd.DataFrame(r["table"]).set_index("setting") for r in per_fold]
+
+
+def evaluate_trials(path: str | Path, *, against: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+    """:func:`evaluate_run` on every fold of a ``--trials`` directory, then each
+    setting's mean and standard deviation over folds (the protocol SFAV and VAVL report:
+    five speaker- or actor-independent partitions). Writes ``DIR/eval.json|csv|md``
+    beside each fold's own, and ``DIR/masking.csv`` (mean and std over folds) when
+    frames were masked.
+
+    ``against``: another ``--trials`` directory over the same folds, evaluated under the
+    same settings; every metric of every setting gets a paired two-tailed t-test over
+    the folds (``scipy.stats.ttest_rel``; VAVL's Table 1 protocol), its p-value in a
+    ``<metric> p`` column and a ``*`` in the table where p < 0.05. No correction for
+    multiple comparisons is applied (as in the paper).
+    """
+    path = Path(path)
+    folds, tables = _fold_tables(path, **kw)
     cols = list(tables[0].columns)
+    ref_tables = None
+    if against is not None:
+        ref_folds, ref_tables = _fold_tables(Path(against), **kw)
+        if ref_folds != folds:
+            raise AvxError(f"--against {against}: folds {ref_folds} differ from {path}'s {folds}")
     rows = []
+    stars: dict[tuple[str, str], bool] = {}
     for name in tables[0].index:
         vals = np.array([[t.loc[name, c] for c in cols] for t in tables], dtype=float)
         sd = vals.std(0, ddof=1) if len(folds) > 1 else np.zeros(len(cols))
-        rows.append(
-            {
-                "setting": name,
-                **dict(zip(cols, vals.mean(0), strict=True)),
-                **{f"{c} std": v for c, v in zip(cols, sd, strict=True)},
-            }
-        )
+        row = {
+            "setting": name,
+            **dict(zip(cols, vals.mean(0), strict=True)),
+            **{f"{c} std": v for c, v in zip(cols, sd, strict=True)},
+        }
+        if ref_tables is not None:
+            ref = np.array([[t.loc[name, c] for c in cols] for t in ref_tables], dtype=float)
+            for j, c in enumerate(cols):
+                p = paired_t_test(vals[:, j], ref[:, j])
+                row[f"{c} p"] = p
+                stars[(name, c)] = bool(p < 0.05)
+        rows.append(row)
     table = pd.DataFrame(rows)
-    md = f"mean over folds {', '.join(map(str, folds))} (std: sample, ddof=1)\n\n" + markdown(table)
+    head = f"mean over folds {', '.join(map(str, folds))} (std: sample, ddof=1)"
+    if against is not None:
+        head += f"; * p < 0.05, paired two-tailed t-test over folds against {against}"
+    shown = table.copy()
+    for (name, c), star in stars.items():
+        if star:
+            i = shown.index[shown["setting"] == name][0]
+            shown[c] = shown[c].astype(object)
+            shown.at[i, c] = f"{table.at[i, c]:.3f}*"
+    md = head + "\n\n" + markdown(shown)
     out = {"run": str(path), "folds": folds, "table": table.to_dict(orient="records"), "markdown": md}
+    if against is not None:
+        out["against"] = str(against)
     (path / "eval.json").write_text(json.dumps(jsonable(out), indent=2))
     table.to_csv(path / "eval.csv", index=False)
     (path / "eval.md").write_text(md + "\n")
+    masking = [path / f"fold-{k}" / "masking.csv" for k in folds]
+    if all(f.exists() for f in masking):
+        m = pd.concat([pd.read_csv(f) for f in masking])
+        keys = ["rate", "masked", "head"]
+        agg = m.groupby(keys, sort=False, dropna=False).agg(["mean", "std"])
+        agg.columns = [c if s == "mean" else f"{c} std" for c, s in agg.columns]
+        agg.reset_index().to_csv(path / "masking.csv", index=False)
     return out
+
+
+def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-tailed p-value of the paired t-test of ``a`` against ``b`` (scipy's
+    ``ttest_rel``); 1.0 when every difference is the same (no variance: no evidence),
+    NaN with fewer than two pairs."""
+    from scipy.stats import ttest_rel
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2:
+        return float("nan")
+    d = a - b
+    if np.allclose(d, d[0]):
+        return 1.0 if np.allclose(d, 0) else 0.0
+    return float(ttest_rel(a, b).pvalue)
+
+
+def masking_rows(settings: list[Setting], results: dict[str, Any], task: str) -> list[dict[str, Any]]:
+    """VAVL Fig. 2's data: per masking rate, the table metrics of the fused output
+    (``head = fused``) and of each stream's own head, on the masked input; the clean
+    setting is rate 0. Empty when no ``--mask-frames`` setting was evaluated."""
+    masked = [st for st in settings if st.perturbation is not None and st.perturbation.kind == "mask"]
+    if not masked:
+        return []
+    cols = list(M.table_metrics(task))
+    rows = []
+    for st in [Setting("clean"), *masked]:
+        r = results.get(st.name)
+        if r is None:
+            continue
+        rate = st.perturbation.p if st.perturbation is not None else 0.0
+        what = ",".join(st.perturbation.streams) if st.perturbation is not None else "none"
+        heads = {"fused": r, **r.get("per_stream", {})}
+        for head, m in heads.items():
+            rows.append({"rate": rate, "masked": what, "head": head, **{c: m.get(c, np.nan) for c in cols}})
+    return rows
 
 
 def modality_rows(rows: list[dict[str, Any]], keys: tuple[str, ...], cols: list[str]) -> list[dict[str, Any]]:

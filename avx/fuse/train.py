@@ -40,6 +40,7 @@ from avx.fuse.evaluate import (
     Predictions,
     ReportOptions,
     calibration,
+    complexity,
     jsonable,
     predict,
     probabilities,
@@ -404,6 +405,7 @@ class Trainer:
             "dev": report(dev, self.data, replace(opts, bootstrap=0)),
             "test": report(test, self.data, opts),
             "calibration": calibration(dev, test, self.data),
+            "complexity": complexity(self.model, self.data, "test", dev_),
             "history": self.history,
             "seconds": round(time.time() - started, 2),
             "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in self.history])), 3)
