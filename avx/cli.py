@@ -475,7 +475,10 @@ def fuse_train(
     ] = "av",
     task: Annotated[str, typer.Option(help="multiclass | multilabel | regression.")] = "multiclass",
     level: Annotated[str, typer.Option(help="Dimensional targets: auto | sequence | frame.")] = "auto",
-    soft_targets: Annotated[bool, typer.Option(help="Multilabel: train on the vote distribution.")] = False,
+    soft_targets: Annotated[
+        bool,
+        typer.Option(help="Train on vote distributions (multilabel), smoothed 0.94p + 0.01 (multiclass)."),
+    ] = False,
     bins: Annotated[str, typer.Option(help="Thresholds binning a dimension into 3 classes.")] = "-0.05,0.05",
     length: Annotated[
         Opt[list[str]], typer.Option(help="Length policy: truncate:N | pad:N | resample:N, or STREAM=POLICY.")

@@ -119,6 +119,43 @@ def test_multilabel_regression_and_binned_targets(demo_store: Path) -> None:
     assert binned.names == ["low", "mid", "high"]
 
 
+def test_soft_multiclass_targets_train_on_smoothed_votes_and_score_the_class(
+    demo_store: Path, tmp_path: Path
+) -> None:
+    """VAVL's recipe: cross-entropy on 0.94 p + 0.01 of the vote proportions (six
+    classes); the clips and the class metrics score are those of the hard labels."""
+    import torch
+
+    from avx.fuse.data import Batch
+    from avx.fuse.tasks import Objective
+    from avx.fuse.train import make_objective
+
+    store = open_store(demo_store)
+    cfg = DataConfig(streams=STREAMS, labels="av", task="multiclass", soft_targets=True)
+    soft = FusionData(store, cfg)
+    hard = FusionData(store, DataConfig(streams=STREAMS, labels="av", task="multiclass"))
+    np.testing.assert_array_equal(soft.ids, hard.ids)
+    np.testing.assert_array_equal(soft.targets_all.values, hard.targets_all.values)
+    p = np.nan_to_num(store.labels["av"].distribution)
+    rated = p.sum(1) > 0
+    np.testing.assert_allclose(soft.targets_all.soft[rated], 0.94 * p[rated] + 0.01, atol=1e-6)
+    objective = make_objective(config(demo_store, data=cfg), soft)
+    assert objective.soft is not None and objective.soft.shape == (len(soft.ids), 6)
+    # the loss is -sum_c p_c log q_c with the smoothed p of each clip (found by Batch.index)
+    idx = np.array([3, 0, 5])
+    scores = torch.randn(3, 6)
+    b = Batch([""] * 3, idx, {}, {}, {}, torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.bool))
+    want = -(objective.soft[idx] * scores.log_softmax(-1)).sum(-1).mean()
+    assert objective(scores, b, None).item() == pytest.approx(want.item(), rel=1e-6)
+    one_hot = Objective("multiclass", soft=torch.eye(6)[[1, 2, 4]].repeat(2, 1))
+    b2 = replace(b, index=np.arange(3), targets=torch.tensor([1, 2, 4]))
+    assert one_hot(scores, b2, None).item() == pytest.approx(Objective("multiclass")(scores, b2, None).item())
+    m = train(config(demo_store, data=cfg), tmp_path)
+    assert np.isfinite(m["test"]["macro_f1"]) and m["n_samples"] == hard.counts()
+    with pytest.raises(Exception, match="soft-targets trains on rater votes"):
+        FusionData(store, DataConfig(streams=STREAMS, labels="intended", soft_targets=True))
+
+
 def test_per_frame_targets_align_every_stream_to_label_times(demo_store: Path) -> None:
     store = open_store(demo_store)
     data = FusionData(store, DataConfig(streams=STREAMS, labels="arousal", task="regression", level="frame"))

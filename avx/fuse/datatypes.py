@@ -27,7 +27,9 @@ class DataConfig:
         task: ``multiclass``, ``multilabel`` or ``regression``.
         level: ``auto``, ``sequence`` or ``frame`` targets for dimensional labels.
         bins: thresholds for binning a dimension into 3 classes.
-        soft_targets: multilabel targets are the vote distribution, not multi-hot.
+        soft_targets: multilabel targets are the vote distribution, not multi-hot;
+            multiclass training uses the label-smoothed vote distribution (metrics
+            still score the plurality class).
         protocol / fold: stored evaluation protocol (None = the store's default).
         length: length policies, ``POLICY`` for all streams or ``STREAM=POLICY``.
         align: None, ``labels``, a stream name or ``rate:R``.

@@ -7,6 +7,8 @@ multiclass         ``voice``/``face``/``av`` (plurality of that rater modality,
                    ties left out), a categorical label (``intended``,
                    ``consensus``), or one dimension (``valence``) binned into 3
                    classes at ``bins`` (default -0.05 / 0.05, as COLD)
+                   (with ``soft_targets``, the loss trains on the label-smoothed
+                   vote distribution, VAVL's recipe; metrics score the class)
 multilabel         ``voice``/``face``/``av`` as multi-hot (distribution > 1/C) or,
                    with ``soft_targets``, the vote distribution itself;
                    ``multilabel`` for corpora with multi-label annotation
@@ -44,6 +46,9 @@ class Targets:
         frames: per-frame targets per sample (``[T_i]`` int or ``[T_i, K]`` float).
         times: per-frame target times (s) per sample.
         eval_multihot: for soft multilabel targets, the multi-hot used for metrics.
+        soft: for soft multiclass targets, ``[N, C]`` label-smoothed vote
+            distributions the loss trains on; ``values`` (the unique plurality class;
+            ties are left out) is what metrics score.
     """
 
     task: str
@@ -52,6 +57,7 @@ class Targets:
     frames: list[np.ndarray] | None = None
     times: list[np.ndarray] | None = None
     eval_multihot: np.ndarray | None = None
+    soft: np.ndarray | None = None
 
     @property
     def frame_level(self) -> bool:
@@ -69,6 +75,18 @@ class Targets:
         if self.task == "multiclass":
             return v >= 0
         return np.isfinite(v).all(axis=1) & (v.sum(axis=1) > 0 if self.task == "multilabel" else True)
+
+
+VOTE_SMOOTHING = 0.06
+"""``(1 - e) * p + e / C`` with ``e`` = 0.06: VAVL's public code's ``0.94 * p + 0.01`` on
+CREMA-D's six classes, the same rule for any class count."""
+
+
+def smoothed_votes(distribution: np.ndarray, e: float = VOTE_SMOOTHING) -> np.ndarray:
+    """Label-smoothed vote distributions ``[N, C]`` (rows without votes stay zeros)."""
+    p = np.nan_to_num(np.asarray(distribution, np.float64), nan=0.0)
+    rated = p.sum(1, keepdims=True) > 0
+    return np.where(rated, (1 - e) * p + e / p.shape[1], 0.0).astype(np.float32)
 
 
 def bin_values(x: np.ndarray, bins: tuple[float, float]) -> np.ndarray:
@@ -139,10 +157,15 @@ def resolve_targets(
         raise AvxError(f"--labels takes one source for {task}; got '{labels}'")
     src = names[0]
     if task == "multiclass":
+        if soft_targets and src not in store.labels:
+            want = "|".join(raters)
+            raise AvxError(f"--soft-targets trains on rater votes: give --labels {want}, not {src}")
         if src in categorical:
             return Targets(task, store.class_names, values=store.categorical(src))
         if src in store.labels:
-            return Targets(task, store.class_names, values=store.labels[src].hard_labels())
+            r = store.labels[src]
+            soft = smoothed_votes(r.distribution) if soft_targets else None
+            return Targets(task, store.class_names, values=r.hard_labels(), soft=soft)
         raise UnknownNameError("label source", src, [*raters, *categorical, *dims])
     # multilabel
     if src in store.labels:

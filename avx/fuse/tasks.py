@@ -102,6 +102,7 @@ class Objective:
     kind: str
     weights: torch.Tensor | None = None
     regression_loss: str = "ccc"
+    soft: torch.Tensor | None = None  # [N, C] multiclass training distributions by Batch.index
 
     def __call__(self, scores: torch.Tensor, batch: Batch, sample_mask: torch.Tensor | None) -> torch.Tensor:
         y, m = batch.targets, batch.target_mask
@@ -116,6 +117,9 @@ class Objective:
             return scores.sum() * 0.0
         if self.kind == "multiclass":
             w = None if self.weights is None else self.weights.to(s.device)
+            if self.soft is not None and scores.dim() == 2:  # vote distributions, per sequence
+                rows = torch.as_tensor(batch.index, device=self.soft.device)
+                y = self.soft[rows].to(s.device)[m]
             return nn.functional.cross_entropy(s, y, weight=w)
         if self.kind == "multilabel":
             return nn.functional.binary_cross_entropy_with_logits(s, y.float())

@@ -149,7 +149,9 @@ def make_objective(cfg: TrainConfig, data: FusionData) -> Objective:
     if data.task == "multiclass" and cfg.class_weights != "none":
         w = class_weights(_train_labels(data), len(data.names), cfg.class_weights)
         weights = torch.as_tensor(w)
-    return Objective(data.task, weights, cfg.regression_loss)
+    soft = data.targets_all.soft
+    table = None if soft is None else torch.as_tensor(soft[data.rows], dtype=torch.float32)
+    return Objective(data.task, weights, cfg.regression_loss, soft=table)
 
 
 def _train_labels(data: FusionData) -> np.ndarray:
