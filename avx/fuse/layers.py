@@ -65,25 +65,58 @@ def key_padding(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class CrossModalBlock(nn.Module):
     """Pre-norm transformer block whose queries come from one modality and keys/values
-    from another (MulT's crossmodal attention), with a residual connection and FFN."""
+    from another (MulT's crossmodal attention), with a residual connection and FFN.
 
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
+    ``attn_dropout`` / ``relu_dropout`` default to ``dropout`` (AuxFormer sets them
+    apart); ``gated`` scales the attention and feed-forward branches by two learnable
+    scalars (AuxFormer's gated residuals, initialised to 1)."""
+
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        dropout: float,
+        *,
+        attn_dropout: float | None = None,
+        relu_dropout: float | None = None,
+        gated: bool = False,
+    ) -> None:
         super().__init__()
+        attn_dropout = dropout if attn_dropout is None else attn_dropout
+        relu_dropout = dropout if relu_dropout is None else relu_dropout
         self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
-        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+        self.attn = nn.MultiheadAttention(d, heads, dropout=attn_dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Dropout(relu_dropout), nn.Linear(4 * d, d))
         self.dropout = nn.Dropout(dropout)
+        self.gates = nn.Parameter(torch.ones(2)) if gated else None
 
     def forward(
-        self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor, need_weights: bool = False
+        self,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        kv_mask: torch.Tensor,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``attn_mask`` (``[B * heads, Tq, Tk]`` bool, True = not attended, e.g. causal)
+        replaces the key padding mask, so it must hide padded keys itself."""
         # A sample whose source is absent attends to nothing: zero its attention output.
         padding, empty = key_padding(kv_mask)
         kvn = self.norm_kv(kv)
-        a, w = self.attn(self.norm_q(q), kvn, kvn, key_padding_mask=padding, need_weights=need_weights)
+        a, w = self.attn(
+            self.norm_q(q),
+            kvn,
+            kvn,
+            key_padding_mask=padding if attn_mask is None else None,
+            attn_mask=attn_mask,
+            need_weights=need_weights,
+        )
         a = a.masked_fill(empty[:, None, None], 0.0)
-        x = q + self.dropout(a)
-        return x + self.dropout(self.ff(self.norm_ff(x))), w
+        if self.gates is None:
+            x = q + self.dropout(a)
+            return x + self.dropout(self.ff(self.norm_ff(x))), w
+        x = q + self.gates[0] * self.dropout(a)
+        return x + self.gates[1] * self.dropout(self.ff(self.norm_ff(x))), w
 
 
 class CrossModalTransformer(nn.Module):

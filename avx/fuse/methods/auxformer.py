@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from avx.fuse.data import Batch, StreamInfo
-from avx.fuse.layers import FrameProjection
+from avx.fuse.layers import CrossModalBlock, FrameProjection
 from avx.fuse.methods.base import (
     ALL_TASKS,
     METHODS,
@@ -82,36 +82,20 @@ def attention_mask(q_mask: torch.Tensor, k_mask: torch.Tensor, causal: bool, hea
     return blocked.repeat_interleave(heads, 0)
 
 
-class AuxBlock(nn.Module):
-    """Pre-norm transformer layer (queries from ``q``, keys/values from ``kv``), whose
-    residual branches are scaled by learnable scalars when ``gated``."""
-
-    def __init__(self, c: AuxformerConfig, gated: bool) -> None:
-        super().__init__()
-        d = c.d_model
-        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, c.heads, dropout=c.attn_dropout, batch_first=True)
-        self.ff = nn.Sequential(
-            nn.Linear(d, 4 * d), nn.ReLU(), nn.Dropout(c.relu_dropout), nn.Linear(4 * d, d)
-        )
-        self.dropout = nn.Dropout(c.res_dropout)
-        self.gates = nn.Parameter(torch.ones(2)) if gated else None
-
-    def forward(
-        self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor, empty: torch.Tensor
-    ) -> torch.Tensor:
-        kvn = self.norm_kv(kv)
-        a = self.attn(self.norm_q(q), kvn, kvn, attn_mask=mask, need_weights=False)[0]
-        a = a.masked_fill(empty[:, None, None], 0.0)
-        g = self.gates if self.gates is not None else q.new_ones(2)
-        x = q + g[0] * self.dropout(a)
-        return x + g[1] * self.dropout(self.ff(self.norm_ff(x)))
-
-
 class AuxStack(nn.Module):
     def __init__(self, c: AuxformerConfig, gated: bool) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(AuxBlock(c, gated) for _ in range(c.depth))
+        self.layers = nn.ModuleList(
+            CrossModalBlock(
+                c.d_model,
+                c.heads,
+                c.res_dropout,
+                attn_dropout=c.attn_dropout,
+                relu_dropout=c.relu_dropout,
+                gated=gated,
+            )
+            for _ in range(c.depth)
+        )
         self.norm = nn.LayerNorm(c.d_model)
         self.causal, self.heads = c.causal, c.heads
 
@@ -124,9 +108,8 @@ class AuxStack(nn.Module):
     ) -> torch.Tensor:
         k_mask = q_mask if k_mask is None else k_mask
         mask = attention_mask(q_mask, k_mask, self.causal, self.heads)
-        empty = ~k_mask.any(1)
         for layer in self.layers:
-            q = layer(q, q if kv is None else kv, mask, empty)
+            q, _ = layer(q, q if kv is None else kv, k_mask, attn_mask=mask)
         return self.norm(q) * q_mask.unsqueeze(-1).to(q.dtype)
 
 
