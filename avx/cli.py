@@ -473,6 +473,20 @@ def fuse_train(
             help="voice | face | av | intended | consensus | a dimension (valence[,arousal]) | multilabel."
         ),
     ] = "av",
+    train_labels: Annotated[
+        Opt[str],
+        typer.Option(help="Label source the loss trains on (selection and scores stay --labels)."),
+    ] = None,
+    labels_stage1: Annotated[
+        Opt[str],
+        typer.Option(
+            "--labels-stage1",
+            help="twostage: stage-1 label sources per modality, e.g. audio=voice+av,video=face+av.",
+        ),
+    ] = None,
+    modalities: Annotated[
+        Opt[str], typer.Option(help="Keep only --streams of these modalities (audio,video,text).")
+    ] = None,
     task: Annotated[str, typer.Option(help="multiclass | multilabel | regression.")] = "multiclass",
     level: Annotated[str, typer.Option(help="Dimensional targets: auto | sequence | frame.")] = "auto",
     soft_targets: Annotated[
@@ -574,6 +588,8 @@ def fuse_train(
         data=DataConfig(
             streams=_split_csv([streams]),
             labels=labels,
+            train_labels=train_labels,
+            modalities=_split_csv([modalities]) if modalities else (),
             task=task,
             level=level,
             bins=(float(lo), float(hi)),
@@ -610,7 +626,7 @@ def fuse_train(
         amp=amp,
         tensorboard=tensorboard,
         bootstrap=bootstrap,
-        method_config=_kv(option),
+        method_config={**_kv(option), **({"stage1": labels_stage1} if labels_stage1 else {})},
     )
     if preset:
         config = apply_preset(config, preset, _explicit(ctx))
@@ -634,7 +650,7 @@ def fuse_train(
     metrics = train(
         config, out_dir, console=err, resume=resume, overwrite=overwrite, keep_checkpoint=keep_checkpoint
     )
-    out.print(metrics_table(metrics, title=f"{method} on {store} ({labels}, {task})"))
+    out.print(metrics_table(metrics, title=f"{method} on {store} ({config.data.labels}, {config.data.task})"))
     out.print(
         f"wrote {out_dir}/metrics.json, config.json, model.json, model.safetensors, predictions.csv",
         soft_wrap=True,
@@ -695,6 +711,13 @@ def fuse_eval(
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     threads: Threads = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    groups: Annotated[
+        Opt[str],
+        typer.Option(
+            help="Also tabulate test predictions per demographic group (sex,race,age): macro-F1 (CI),"
+            " bias, DPD, EOD; writes RUN/groups-*.md|csv."
+        ),
+    ] = None,
 ) -> None:
     """Score a run under test-time conditions; writes RUN/eval.json, eval.csv, eval.md."""
     from avx.fuse.run_files import check_loadable
@@ -733,6 +756,19 @@ def fuse_eval(
     out.print(res["markdown"], highlight=False)
     extra = ", masking.csv" if mask_frames else ""
     out.print(f"wrote {run}/eval.json, eval.csv, eval.md{extra}" + (" (and each fold's)" if trials else ""))
+    if groups:
+        from avx.fuse.runs import markdown
+        from avx.fuse.tables import group_table
+
+        what = "pooled test predictions of every fold" if trials else "test predictions"
+        for g in _split_csv([groups]):
+            shown, numbers = group_table({run.name: run}, g)
+            md = f"Per {g} group ({what}): macro-F1 (95% CI), macro-F1 bias x 100 (CI), DPD, EOD\n\n"
+            md += markdown(shown)
+            out.print("\n" + md, highlight=False, soft_wrap=True)
+            (run / f"groups-{g}.md").write_text(md + "\n")
+            numbers.to_csv(run / f"groups-{g}.csv", index=False)
+        out.print(f"wrote {run}/groups-*.md, groups-*.csv")
 
 
 @fuse_app.command("predict")
@@ -767,12 +803,37 @@ def fuse_compare(
     ],
     metric: Annotated[Opt[str], typer.Option(help="Metric (default: the task's headline metric).")] = None,
     csv: Annotated[Opt[Path], typer.Option(help="Also write the table as CSV.")] = None,
+    tables: Annotated[
+        bool,
+        typer.Option(
+            "--tables",
+            help="Paper-style tables on pooled test predictions: scores with bootstrap CIs and"
+            " significance vs --reference, per-class F1 and Brier, per-group (--groups) fairness.",
+        ),
+    ] = False,
+    names: Annotated[Opt[str], typer.Option(help="With --tables: row labels, comma-separated.")] = None,
+    reference: Annotated[
+        Opt[str], typer.Option(help="With --tables: run (label or path) to test against (default: first).")
+    ] = None,
+    groups: Annotated[
+        Opt[str], typer.Option(help="With --tables: demographic columns, e.g. sex,race,age.")
+    ] = None,
+    metrics: Annotated[
+        str, typer.Option(help="With --tables: the score columns.")
+    ] = "macro_f1,weighted_f1",
+    bootstrap: Annotated[int, typer.Option(help="With --tables: bootstrap resamples.")] = 1000,
+    out_dir: Annotated[
+        Opt[Path], typer.Option("--out", help="With --tables: write each table as .md and .csv here.")
+    ] = None,
 ) -> None:
     """Side-by-side test results with bootstrap CIs and paired t-test p-values vs the first run."""
     import pandas as pd
 
     from avx.fuse.runs import compare_runs, markdown
 
+    if tables:
+        _paper_tables(runs, names, reference, groups, metrics, bootstrap, out_dir)
+        return
     table = compare_runs(list(runs), metric)
     shown = table.astype({"std": object, "p_vs_first": object})
     for i, row in table.iterrows():  # say why a cell is empty instead of printing nan
@@ -783,6 +844,52 @@ def fuse_compare(
     out.print(markdown(shown), highlight=False)
     if csv:
         table.to_csv(csv, index=False)
+
+
+def _paper_tables(
+    runs: list[Path],
+    names: str | None,
+    reference: str | None,
+    groups: str | None,
+    metrics: str,
+    bootstrap: int,
+    out_dir: Path | None,
+) -> None:
+    """``avx fuse compare --tables``: see :mod:`avx.fuse.tables`."""
+    from avx.fuse import tables as T
+    from avx.fuse.runs import markdown
+
+    labels = list(_split_csv([names])) if names else [p.name for p in runs]
+    if len(labels) != len(runs):
+        raise AvxError(f"--names gives {len(labels)} labels for {len(runs)} runs")
+    by_label = dict(zip(labels, runs, strict=True))
+    ref = labels[0]
+    if reference is not None:
+        hits = [lb for lb, p in by_label.items() if reference in (lb, str(p))]
+        if not hits:
+            raise AvxError(f"--reference {reference}: not one of the runs' labels or paths")
+        ref = hits[0]
+    kw = {"n_boot": bootstrap}
+    parts = [
+        ("results", f"Scores on pooled test predictions (bootstrap 95% CI); * p < 0.05 vs {ref}",
+         T.results_table(by_label, reference=ref, metrics=tuple(_split_csv([metrics])), **kw)),
+        ("classes", "F1 per class (bootstrap 95% CI) and the Brier score (mean over classes)",
+         T.per_class_table(by_label, **kw)),
+    ]  # fmt: skip
+    for g in _split_csv([groups]) if groups else ():
+        parts.append(
+            (f"groups-{g}", f"Per {g} group: macro-F1 (CI), macro-F1 bias x 100 (CI), DPD, EOD",
+             T.group_table(by_label, g, **kw))
+        )  # fmt: skip
+    for name, title, (shown, numbers) in parts:
+        md = f"{title}\n\n{markdown(shown)}"
+        out.print(md + "\n", highlight=False, soft_wrap=True)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{name}.md").write_text(md + "\n")
+            numbers.to_csv(out_dir / f"{name}.csv", index=False)
+    if out_dir is not None:
+        out.print(f"wrote {', '.join(n for n, _, _ in parts)} (.md, .csv) to {out_dir}")
 
 
 @fuse_app.command("methods")

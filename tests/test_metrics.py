@@ -121,9 +121,13 @@ def test_fairness_matches_fairlearn(rng: np.random.Generator) -> None:
     assert rep["dpd"] == pytest.approx(dpd) and rep["eod"] == pytest.approx(eod)
     f1 = {g: f1_score(yc[groups == g], pc[groups == g], average="macro") for g in "abc"}
     assert rep["macro_f1_by_group"] == pytest.approx(f1)
-    # The two-stage paper's Eq. 2: half the mean absolute pairwise difference.
+    # The two-stage paper's Eq. 2 as its tables compute it: the mean absolute pairwise difference.
     pairs = [abs(f1["a"] - f1["b"]), abs(f1["a"] - f1["c"]), abs(f1["b"] - f1["c"])]
-    assert rep["f1_bias"] == pytest.approx(np.mean(pairs) / 2)
+    assert rep["f1_bias"] == pytest.approx(np.mean(pairs))
+    # ... and its printed values (x 100): Table 5 model 1 (two groups), Table 4 models 1 and 4.
+    assert 100 * M.f1_bias([0.634, 0.653]) == pytest.approx(1.86, abs=0.05)
+    assert 100 * M.f1_bias([0.646, 0.632, 0.645, 0.599]) == pytest.approx(2.60, abs=0.05)
+    assert 100 * M.f1_bias([0.536, 0.533, 0.582, 0.438]) == pytest.approx(7.27, abs=0.05)
     one = M.fairness_report(yc, pc, np.full(400, "x"), 4)  # a single group
     assert one["dpd"] == one["eod"] == one["f1_bias"] == 0.0
 

@@ -11,6 +11,7 @@ import torch
 
 from avx.fuse.datatypes import Batch, Normalizer
 from avx.fuse.selection import Selection
+from avx.fuse.targets import Targets
 
 
 def collate(
@@ -55,11 +56,10 @@ def collate(
         y = np.nan_to_num(y) if y.dtype != np.int64 else y
         targets, tmask = torch.from_numpy(y), torch.from_numpy(tm)
     else:
-        v = tv.values[rows]
-        if tv.task != "multiclass":
-            v = np.nan_to_num(v)
-        targets = torch.as_tensor(v, dtype=torch.long if tv.task == "multiclass" else torch.float32)
+        targets = _sequence_targets(tv, rows)
         tmask = torch.ones(b, dtype=torch.bool)
+    extra = {src: _sequence_targets(t, rows) for src, t in sel.extra_targets.items()}
+    extra_masks = {src: torch.from_numpy(sel.extra_labelled[src][rows]) for src in sel.extra_targets}
     return Batch(
         ids=[str(sel.ids[i]) for i in idx],
         index=np.asarray(idx),
@@ -68,4 +68,15 @@ def collate(
         present=present,
         targets=targets,
         target_mask=tmask,
+        extra_targets=extra,
+        extra_masks=extra_masks,
     )
+
+
+def _sequence_targets(t: Targets, rows: np.ndarray) -> torch.Tensor:
+    """Per-sequence targets of ``rows``: class indices (long) or values (float, NaN as 0:
+    masks say which count)."""
+    v = t.values[rows]
+    if t.task == "multiclass":
+        return torch.as_tensor(v, dtype=torch.long)
+    return torch.as_tensor(np.nan_to_num(v), dtype=torch.float32)

@@ -35,6 +35,17 @@ class DataConfig:
         align: None, ``labels``, a stream name or ``rate:R``.
         memory_gb: read everything once when the selection is smaller than this.
         groups: sample columns used for fairness metrics (``age_group`` is derived).
+        extra_labels: further label sources resolved for the same task, carried in
+            every batch as ``Batch.extra_targets[source]`` (methods that train parts of
+            the model on other labels, e.g. the two-stage method's voice-only and
+            face-only rated stage 1). Samples are still selected by ``labels``.
+        train_labels: the label source the training loss uses (default: ``labels``);
+            model selection and every report still score ``labels``. Trains on one
+            rater modality and tests on another (the two-stage paper's models 1-9
+            learn from voice-only or face-only ratings and are scored on AV ratings).
+        modalities: keep only the streams of these modalities (``audio``, ``video``,
+            ``text``) from ``streams``; empty keeps all. Lets one ``--streams`` list
+            serve a grid whose rows use one modality or both.
     """
 
     streams: tuple[str, ...]
@@ -49,6 +60,15 @@ class DataConfig:
     align: str | None = None
     memory_gb: float = 8.0
     groups: tuple[str, ...] = DEMOGRAPHICS
+    extra_labels: tuple[str, ...] = ()
+    train_labels: str | None = None
+    modalities: tuple[str, ...] = ()
+
+    def label_sources(self) -> tuple[str, ...]:
+        """The sources beside ``labels`` every batch must carry: ``extra_labels`` and
+        ``train_labels`` (when it differs from ``labels``), each once."""
+        train = (self.train_labels,) if self.train_labels else ()
+        return tuple(s for s in dict.fromkeys((*self.extra_labels, *train)) if s != self.labels)
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,10 @@ class Batch:
     target_mask: torch.Tensor  # [B] | [B, T] bool
     # Frames a test-time perturbation corrupted, per stream ([B, T] bool), for analyses.
     corrupted: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Targets of DataConfig.extra_labels, per source, shaped as ``targets``, and whether
+    # each sample has that source's label ([B] bool).
+    extra_targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra_masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: str | torch.device) -> Batch:
         mv = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
@@ -83,6 +107,8 @@ class Batch:
             present=mv(self.present),
             targets=self.targets.to(device),
             target_mask=self.target_mask.to(device),
+            extra_targets=mv(self.extra_targets),
+            extra_masks=mv(self.extra_masks),
         )
 
     def __len__(self) -> int:

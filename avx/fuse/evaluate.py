@@ -326,22 +326,38 @@ def report(
         ok = np.isfinite(sc).all(axis=-1) if sc.ndim > 1 else np.isfinite(sc)
         if ok.any():
             out["per_stream"][s] = core_metrics(task, names, pred.y[ok], probabilities(sc[ok], task), opts)
+    if task == "regression":
+        y_, p_ = pred.y, probs
+    else:
+        y_ = pred.y.astype(int) if task == "multiclass" else eval_multihot(pred.y, len(names))
+        p_ = decide(probs, task, opts.threshold)
+        if not data.frame_level:  # the two-stage paper's Table 3: F1 and Brier score per class
+            target = y_ if task == "multilabel" else np.eye(len(names))[y_]
+            out["per_class"] = {
+                "f1": dict(zip(names, M.per_class_f1(y_, p_, len(names)), strict=True)),
+                "brier": dict(zip(names, M.brier_by_class(target, probs), strict=True)),
+            }
     if fairness and task != "regression" and not data.frame_level:
-        yb = pred.y.astype(int) if task == "multiclass" else eval_multihot(pred.y, len(names))
-        decisions = decide(probs, task, opts.threshold)
-        out["fairness"] = {
-            g: M.fairness_report(yb, decisions, values[pred.index], len(names))
-            for g, values in data.groups.items()
+        out["fairness"] = {}
+        for g, values in data.groups.items():
+            fair = M.fairness_report(y_, p_, values[pred.index], len(names))
+            if opts.bootstrap:
+                by_group, bias = M.bootstrap_groups(
+                    "macro_f1", y_, p_, values[pred.index], n_boot=opts.bootstrap, seed=opts.seed
+                )
+                fair["macro_f1_ci95_by_group"] = {k: list(v) for k, v in by_group.items()}
+                fair["f1_bias_ci95"] = list(bias)
+            out["fairness"][g] = fair
+    if opts.bootstrap:  # percentile intervals of every table metric with a resampled form
+        out["ci95"] = {
+            key: list(
+                M.bootstrap_scorer(
+                    key, y_, p_, pred.owner, len(pred.ids), n_boot=opts.bootstrap, seed=opts.seed
+                )
+            )
+            for key in M.table_metrics(task)
+            if M.SCORERS[key].resampled is not None
         }
-    if opts.bootstrap:
-        key = M.headline(task)
-        if task == "regression":
-            y_, p_ = pred.y, probs
-        else:
-            y_ = pred.y.astype(int) if task == "multiclass" else eval_multihot(pred.y, len(names))
-            p_ = decide(probs, task, opts.threshold)
-        ci = M.bootstrap_scorer(key, y_, p_, pred.owner, len(pred.ids), n_boot=opts.bootstrap, seed=opts.seed)
-        out["ci95"] = {key: list(ci)}
     return out
 
 

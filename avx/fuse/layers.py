@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from avx.errors import AvxError
+
 
 class TemporalGRU(nn.Module):
     """COLD's temporal context network: a bidirectional GRU over real frames only.
@@ -133,18 +135,86 @@ class CrossModalTransformer(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """A small pre-norm transformer encoder with a key padding mask."""
+    """A small transformer encoder with a key padding mask; padded frames come out zero.
 
-    def __init__(self, d: int, heads: int, depth: int, dropout: float) -> None:
+    Pre-norm with a 4·d feed-forward by default; ``ff`` sets the feed-forward width and
+    ``norm_first=False`` gives the original post-norm block of Vaswani et al. (the
+    two-stage paper's "standard structure")."""
+
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        depth: int,
+        dropout: float,
+        *,
+        ff: int | None = None,
+        norm_first: bool = True,
+    ) -> None:
         super().__init__()
         layer = nn.TransformerEncoderLayer(
-            d, heads, 4 * d, dropout, batch_first=True, norm_first=True, activation="relu"
+            d, heads, ff or 4 * d, dropout, batch_first=True, norm_first=norm_first, activation="relu"
         )
         self.enc = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         padding, _ = key_padding(mask)
         return self.enc(x, src_key_padding_mask=padding) * mask.unsqueeze(-1).to(x.dtype)
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of ``h [B, T, H]`` on real frames (zeros when none)."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+POOLS = ("mean", "asp")
+
+
+class TemporalPool(nn.Module):
+    """Pooling over real frames chosen by name, so a method can offer it as an option:
+    ``mean`` (:func:`masked_mean`, ``[B, D]``) or ``asp`` (:class:`AttentiveStatsPool`,
+    ``[B, 2D]``); ``out_size`` says which."""
+
+    def __init__(self, kind: str, d: int) -> None:
+        super().__init__()
+        if kind not in POOLS:
+            raise AvxError(f"unknown pooling '{kind}'; valid: {', '.join(POOLS)}")
+        self.asp = AttentiveStatsPool(d) if kind == "asp" else None
+        self.out_size = 2 * d if kind == "asp" else d
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_mean(h, mask) if self.asp is None else self.asp(h, mask)
+
+
+class AttentiveStatsPool(nn.Module):
+    """Attentive statistics pooling (Okabe et al., 2018): ``[B, T, D] -> [B, 2D]``.
+
+    ``h_t = tanh(W x_t + b)``, ``w = softmax_t(h_t · a)`` over the real frames, output
+    ``[mu, sigma]`` with ``mu = sum_t w_t x_t`` and
+    ``sigma = sqrt(clamp(sum_t w_t x_t² - mu², min=eps))`` (the clamp keeps the square
+    root differentiable where a sequence is constant). Padded frames get no weight; a
+    sample with no real frame (an absent modality) pools to zeros. ``hidden`` is the
+    width of ``W`` (default ``D``).
+    """
+
+    def __init__(self, d: int, hidden: int | None = None, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d, hidden or d)
+        self.query = nn.Parameter(torch.empty(hidden or d))
+        nn.init.normal_(self.query, std=(hidden or d) ** -0.5)
+        self.eps = eps
+        self.out_size = 2 * d
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = torch.tanh(self.proj(x)) @ self.query  # [B, T]
+        padding, empty = key_padding(mask)
+        scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
+        w = torch.softmax(scores, dim=1).unsqueeze(-1)
+        mu = (w * x).sum(1)
+        var = (w * x * x).sum(1) - mu * mu
+        out = torch.cat([mu, var.clamp_min(self.eps).sqrt()], dim=-1)
+        return out.masked_fill(empty[:, None], 0.0)
 
 
 class FrameProjection(nn.Module):

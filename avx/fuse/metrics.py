@@ -17,15 +17,15 @@ Conventions worth knowing when comparing with papers:
   mean over samples of (p_c - y_c)^2, then the mean over classes.
 - Fairness metrics use fairlearn's definitions, applied one-vs-rest per class and
   averaged over classes (fairlearn defines them for binary decisions only).
-- ``f1_bias`` is the two-stage paper's Eq. 2: half the mean absolute pairwise
-  difference of per-group macro-F1.
+- ``f1_bias`` is the two-stage paper's Eq. 2 as its Tables 4 and 5 compute it: the mean
+  absolute difference of per-group macro-F1 over pairs of groups (see :func:`f1_bias`).
 """
 
 from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,9 +235,17 @@ def fairness_report(
 
 
 def f1_bias(scores: Sequence[float]) -> float:
-    """Half the mean absolute difference over pairs of groups (0 with one group)."""
+    """The two-stage paper's macro-F1 bias (Eq. 2): ``1/2 * sum_g sum_{i != g} |A_g - A_i|``
+    averaged over the ``G (G - 1) / 2`` pairs, i.e. the mean absolute difference over
+    unordered pairs of groups (0 with one group).
+
+    Eq. 2's "mean" is ambiguous; this reading is the one its tables follow (they print
+    it x 100): Table 5, model 1, male 0.634 / female 0.653 -> 1.86 (|diff| = 0.019);
+    Table 4, model 1, four race groups 0.646 / 0.632 / 0.645 / 0.599 -> 2.60 (the mean of
+    the six pairwise differences is 0.0257; half of it would be 1.28).
+    """
     pairs = [abs(a - b) for a, b in itertools.combinations(scores, 2)]
-    return float(np.mean(pairs) / 2) if pairs else 0.0
+    return float(np.mean(pairs)) if pairs else 0.0
 
 
 # -- uncertainty over samples and trials ----------------------------------------------
@@ -294,14 +302,20 @@ def bootstrap_scorer(
     if scorer.resampled is None:
         raise ValueError(f"metric '{name}' has no resampled form")
     stats_ = scorer.resampled[0](y, pred, np.asarray(owner), n)
+    vals = [scorer.resampled[1](counts @ stats_) for counts in replicate_counts(n, n_boot, seed)]
+    return percentile_interval(np.concatenate(vals), alpha)
+
+
+def replicate_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Bootstrap replicates over ``n`` samples as ``[block, n]`` float draw counts,
+    ``BOOTSTRAP_BLOCK`` replicates at a time; the draws are :func:`bootstrap_ci`'s
+    (``rng.integers(0, n, n)`` per replicate, in turn)."""
     rng = np.random.default_rng(seed)
-    vals = []
     for a in range(0, n_boot, BOOTSTRAP_BLOCK):
         draws = rng.integers(0, n, (min(BOOTSTRAP_BLOCK, n_boot - a), n))
         offsets = np.arange(len(draws))[:, None] * n
         counts = np.bincount((draws + offsets).ravel(), minlength=len(draws) * n).reshape(len(draws), n)
-        vals.append(scorer.resampled[1](counts.astype(np.float64) @ stats_))
-    return percentile_interval(np.concatenate(vals), alpha)
+        yield counts.astype(np.float64)
 
 
 def _per_sample(owner: np.ndarray, n: int, columns: list[np.ndarray]) -> np.ndarray:
@@ -329,6 +343,79 @@ def _macro_f1_from(stats_: np.ndarray) -> np.ndarray:
     counted = ((t + p) > 0) | (always > 0)
     f1 = np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
     return (f1 * counted).sum(1) / np.maximum(counted.sum(1), 1)
+
+
+def _weighted_f1_from(stats_: np.ndarray) -> np.ndarray:
+    """Weighted F1 (scikit-learn's ``average="weighted"``): per-class F1 weighted by the
+    class's true count; 0 when no sample has a true label."""
+    tp, t, p, _ = np.split(stats_, 4, axis=1)
+    f1 = np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
+    support = t.sum(1)
+    return np.where(support > 0, (f1 * t).sum(1) / np.where(support > 0, support, 1), 0.0)
+
+
+def bootstrap_per_class_f1(
+    y: np.ndarray, pred: np.ndarray, n_classes: int, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> list[tuple[float, float]]:
+    """Percentile interval of each class's F1 (:func:`per_class_f1`), one row per sample."""
+    yt, yp = one_vs_rest(np.asarray(y).astype(int), np.asarray(pred).astype(int), n_classes)
+    n = len(yt)
+    stats_ = _counts_macro_f1(yt, yp, np.arange(n), n)
+    vals = []
+    for counts in replicate_counts(n, n_boot, seed):
+        tp, t, p, _ = np.split(counts @ stats_, 4, axis=1)
+        vals.append(np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0))
+    f1 = np.concatenate(vals)
+    return [percentile_interval(f1[:, c], alpha) for c in range(n_classes)]
+
+
+def per_class_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[float]:
+    """F1 of every class (scikit-learn's ``average=None`` over ``labels=range(C)``)."""
+    yt, yp = one_vs_rest(np.asarray(y).astype(int), np.asarray(pred).astype(int), n_classes)
+    return [float(v) for v in f1_score(yt, yp, average=None, zero_division=0)]
+
+
+def brier_by_class(targets: np.ndarray, probs: np.ndarray) -> list[float]:
+    """Each class's Brier score, the terms :func:`brier_per_class` averages (Table 3)."""
+    if targets.ndim == 1:
+        targets = np.eye(probs.shape[1])[targets]
+    return [float(v) for v in ((probs - targets) ** 2).mean(0)]
+
+
+def bootstrap_groups(
+    name: str,
+    y: np.ndarray,
+    pred: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[dict[str, tuple[float, float]], tuple[float, float]]:
+    """Percentile intervals of scorer ``name`` within each group, and of the
+    :func:`f1_bias` between the groups, from the same replicates: each replicate draws
+    the samples as :func:`bootstrap_scorer` does (one row per sample), scores every
+    group on its drawn members, then the bias of those scores."""
+    scorer = SCORERS[name]
+    if scorer.resampled is None:
+        raise ValueError(f"metric '{name}' has no resampled form")
+    groups = np.asarray(groups).astype(str)
+    n = len(y)
+    owner = np.arange(n)
+    names = list(np.unique(groups))
+    stats_ = scorer.resampled[0](y, pred, owner, n)
+    per = {g: stats_ * (groups == g)[:, None] for g in names}
+    vals: dict[str, list[np.ndarray]] = {g: [] for g in names}
+    for counts in replicate_counts(n, n_boot, seed):
+        for g in names:
+            drawn = counts @ (groups == g).astype(np.float64)
+            v = scorer.resampled[1](counts @ per[g])
+            vals[g].append(np.where(drawn > 0, v, np.nan))  # a group not drawn has no score
+    by_group = {g: np.concatenate(v) for g, v in vals.items()}
+    matrix = np.stack([by_group[g] for g in names], axis=1)  # [n_boot, G]
+    ok = np.isfinite(matrix).all(1)
+    bias = np.array([f1_bias(list(row)) for row in matrix[ok]])
+    return {g: percentile_interval(v, alpha) for g, v in by_group.items()}, percentile_interval(bias, alpha)
 
 
 def _counts_micro_f1(y: np.ndarray, pred: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
@@ -478,7 +565,13 @@ SCORERS: dict[str, Scorer] = {
             resampled=(_counts_micro_f1, _micro_f1_from),
         ),
         Scorer(
-            "weighted_f1", "wF1", True, _CLS, fn=_sk(f1_score, average="weighted", zero_division=0), table=_MC
+            "weighted_f1",
+            "wF1",
+            True,
+            _CLS,
+            fn=_sk(f1_score, average="weighted", zero_division=0),
+            table=_CLS,
+            resampled=(_counts_macro_f1, _weighted_f1_from),
         ),
         Scorer("accuracy", "acc", True, _CLS, fn=_accuracy, table=_MC),
         Scorer("weighted_accuracy", "WA", True, _MC, fn=_sk(accuracy_score)),

@@ -165,10 +165,12 @@ class FusionRun:
 
     def data(self, store: str | None = None, *, keep_unlabelled: bool = False) -> FusionData:
         """The run's data selection on its own store (or ``store``), with the saved
-        training normalisation (never refitted on the data being evaluated)."""
+        training normalisation (never refitted on the data being evaluated). Only the
+        scored ``labels`` are resolved: the sources the loss trained on are not needed
+        (another store need not have them)."""
         data = FusionData(
             open_store(store or self.config.store),
-            self.config.data,
+            replace(self.config.data, extra_labels=(), train_labels=None),
             align=METHODS.get(self.config.method).needs_alignment,
             keep_unlabelled=keep_unlabelled,
         )

@@ -53,6 +53,10 @@ class Selection:
             bins=tuple(config.bins),
             soft_targets=config.soft_targets,
         )
+        self.extra_targets: dict[str, Targets] = {
+            src: self._extra_targets(src) for src in config.label_sources()
+        }
+        self.extra_labelled = {src: t.labelled() for src, t in self.extra_targets.items()}
         self.task = config.task
         self.names = self.targets_all.names  # class names, or dimension names for regression
         self.frame_level = self.targets_all.frame_level
@@ -60,7 +64,7 @@ class Selection:
         self.streams: dict[str, Stream] = {}  # opened once: each open reads the stream's index
         self._layers: dict[str, list[int] | None] = {}
         self.info: dict[str, StreamInfo] = {}
-        for spec in config.streams:
+        for spec in self._of_modalities(config.streams):
             self._add_stream(spec)
         self.align = self._resolve_align(align)
         self.length = parse_length(config.length, self.stream_names)
@@ -86,6 +90,32 @@ class Selection:
         self.in_memory = self.selected_bytes() <= config.memory_gb * 2**30
 
     # -- selection ---------------------------------------------------------------------
+    def _of_modalities(self, specs: tuple[str, ...]) -> list[str]:
+        """``specs`` of the modalities ``config.modalities`` keeps (all when empty)."""
+        keep = self.config.modalities
+        if not keep:
+            return list(specs)
+        out = [s for s in specs if s.split("/")[0] in keep]
+        if not out:
+            raise AvxError(
+                f"no stream of modality {', '.join(keep)} among --streams {', '.join(specs)}"
+            )
+        return out
+
+    def _extra_targets(self, src: str) -> Targets:
+        """Targets of another label source for the same task and class names (per sequence)."""
+        c = self.config
+        t = resolve_targets(
+            self.store, src, c.task, level=c.level, bins=tuple(c.bins), soft_targets=c.soft_targets
+        )
+        if t.frame_level or self.targets_all.frame_level:
+            raise AvxError(f"extra label source '{src}': per-frame targets cannot be extra labels")
+        if t.names != self.targets_all.names:
+            raise AvxError(
+                f"extra label source '{src}' has outputs {t.names}, '{c.labels}' has {self.targets_all.names}"
+            )
+        return t
+
     def _add_stream(self, spec: str) -> None:
         name, layers = parse_stream(spec)
         trainable = [n for n in self.store.streams if n != S.FACES]  # crops are not features

@@ -8,7 +8,9 @@ Losses:
 - multiclass: cross-entropy, optionally class-weighted (``inverse``: N / (C n_c), the
   scikit-learn "balanced" weights; ``effective``: (1 - beta) / (1 - beta^n_c), Cui et
   al. 2019, normalised to sum to C);
-- multilabel: binary cross-entropy on multi-hot or distributional targets;
+- multilabel: binary cross-entropy on multi-hot or distributional targets, optionally
+  class-weighted the same two ways (a class's count is its positive training samples;
+  see :class:`Objective` for how a weight reaches a multi-label sample);
 - regression: ``ccc`` (1 - CCC, mean over dimensions), ``ccc+mse`` (COLD), ``mse``,
   ``l1`` (CMU-MOSEI sentiment).
 
@@ -18,7 +20,7 @@ frames of the batch together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,17 +52,32 @@ def from_probs(p: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def class_weights(y: np.ndarray, n_classes: int, scheme: str) -> np.ndarray | None:
-    """Per-class loss weights from training labels ``y`` (-1 ignored).
+    """Per-class loss weights from training labels ``y``: class indices ``[N]`` (-1
+    ignored) or multi-hot rows ``[N, C]`` (a class's count is its positive samples).
 
     ``none``, ``inverse`` or ``effective[:beta]`` (beta default 0.999).
     """
     if scheme in ("none", "", None):
         return None
-    y = y[y >= 0]
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    if y.ndim == 2:
+        counts = (np.asarray(y) > 0).sum(0).astype(np.float64)
+        total = float(len(y))
+    else:
+        y = y[y >= 0]
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        total = float(len(y))
+    return weights_from_counts(counts, scheme, total)
+
+
+def weights_from_counts(counts: np.ndarray, scheme: str, total: float | None = None) -> np.ndarray:
+    """``inverse``: N / (C' n_c) (scikit-learn's "balanced", C' = classes present);
+    ``effective[:beta]``: (1 - beta) / (1 - beta^n_c) normalised to sum to C' (Cui et
+    al. 2019, Eq. 3 and Sec. 4). Classes with no sample get weight 0."""
+    counts = np.asarray(counts, np.float64)
     present = counts > 0
     if scheme == "inverse":
-        w = np.where(present, len(y) / (present.sum() * np.maximum(counts, 1)), 0.0)
+        n = counts.sum() if total is None else total
+        w = np.where(present, n / (present.sum() * np.maximum(counts, 1)), 0.0)
         return w.astype(np.float32)
     if scheme.startswith("effective"):
         beta = float(scheme.partition(":")[2] or 0.999)
@@ -97,15 +114,52 @@ def ccc_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Objective:
-    """The task loss, callable as ``objective(scores, batch, sample_mask)``."""
+    """The task loss, callable as ``objective(scores, batch, sample_mask)``.
+
+    ``source`` names the label source scored: ``""`` is the run's ``--labels``
+    (``batch.targets``, named ``labels``), any other one of ``DataConfig.label_sources()``
+    (``batch.extra_targets[source]``); :meth:`labels` gives the objective of a source,
+    with that source's own class weights and soft targets.
+
+    Class weights ``weights [C]`` weight each sample by its target's class (Cui et al.
+    2019's class-balanced loss ``alpha_y * L(p, y)``): cross-entropy's ``weight``
+    (multiclass); for multi-label targets each sample's binary terms are weighted by
+    ``sum_c alpha_c y_c / sum_c y_c``, the expected class weight under its target
+    distribution (``alpha_y`` for a one-hot row, the mean over its classes for a
+    multi-hot one), then averaged over samples and classes.
+    """
 
     kind: str
     weights: torch.Tensor | None = None
     regression_loss: str = "ccc"
     soft: torch.Tensor | None = None  # [N, C] multiclass training distributions by Batch.index
+    source: str = ""
+    extra: dict[str, Objective] = field(default_factory=dict)
+    labels_name: str = ""
+
+    def labels(self, source: str | None) -> Objective:
+        """The objective on label source ``source`` (``None``, ``""`` or the run's
+        ``--labels``: this one)."""
+        if not source or source == self.labels_name or source == self.source:
+            return self
+        if source in self.extra:
+            return self.extra[source]
+        have = ", ".join([self.labels_name or "labels", *self.extra])
+        raise AvxError(f"the loss needs label source '{source}', which the data does not carry ({have})")
+
+    def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.source:
+            return batch.targets, batch.target_mask
+        if self.source not in batch.extra_targets:
+            have = ", ".join(batch.extra_targets) or "none"
+            raise AvxError(
+                f"the loss needs label source '{self.source}', which the data does not carry "
+                f"(extra labels: {have})"
+            )
+        return batch.extra_targets[self.source], batch.extra_masks[self.source]
 
     def __call__(self, scores: torch.Tensor, batch: Batch, sample_mask: torch.Tensor | None) -> torch.Tensor:
-        y, m = batch.targets, batch.target_mask
+        y, m = self._targets(batch)
         if sample_mask is not None:
             m = m & sample_mask.view(-1, *[1] * (m.dim() - 1))
         scores = scores.float()
@@ -122,7 +176,13 @@ class Objective:
                 y = self.soft[rows].to(s.device)[m]
             return nn.functional.cross_entropy(s, y, weight=w)
         if self.kind == "multilabel":
-            return nn.functional.binary_cross_entropy_with_logits(s, y.float())
+            y = y.float()
+            if self.weights is None:
+                return nn.functional.binary_cross_entropy_with_logits(s, y)
+            alpha = self.weights.to(s.device)
+            mass = y.sum(-1, keepdim=True)
+            per = torch.where(mass > 0, (y * alpha).sum(-1, keepdim=True) / mass.clamp_min(1e-12), 1.0)
+            return nn.functional.binary_cross_entropy_with_logits(s, y, weight=per.expand_as(s))
         y = y.float()
         if self.regression_loss == "l1":
             return nn.functional.l1_loss(s, y)

@@ -52,6 +52,7 @@ from avx.fuse.methods import METHODS, FusionMethod, create_method
 from avx.fuse.methods.base import TaskSpec
 from avx.fuse.run_files import CHECKPOINT_FOLDER, RUN_FILES, is_finished
 from avx.fuse.run_folder import FusionRun, read_config_extras, run_key, write_config
+from avx.fuse.targets import Targets
 from avx.fuse.tasks import (
     Objective,
     class_weights,
@@ -60,7 +61,7 @@ from avx.fuse.tasks import (
     tune_threshold,
 )
 from avx.progress import PlainLines
-from avx.serialization import to_dict, write_json
+from avx.serialization import save_tensors, to_dict, write_json
 from avx.store_schema import open_store
 from avx.threads import announce
 
@@ -145,21 +146,50 @@ class Schedule:
 
 
 def make_objective(cfg: TrainConfig, data: FusionData) -> Objective:
+    """The run's loss on ``--labels``, with one objective per extra label source
+    (``objective.labels(source)``), each weighted by its own training class counts."""
+    main = _objective(cfg, data, data.targets_all, "")
+    main.labels_name = cfg.data.labels
+    main.extra = {src: _objective(cfg, data, t, src) for src, t in data.extra_targets.items()}
+    return main
+
+
+def _objective(cfg: TrainConfig, data: FusionData, targets: Targets, source: str) -> Objective:
     weights = None
-    if data.task == "multiclass" and cfg.class_weights != "none":
-        w = class_weights(_train_labels(data), len(data.names), cfg.class_weights)
-        weights = torch.as_tensor(w)
-    soft = data.targets_all.soft
+    if data.task in ("multiclass", "multilabel") and cfg.class_weights != "none":
+        w = class_weights(_train_labels(data, targets, source), len(data.names), cfg.class_weights)
+        weights = None if w is None else torch.as_tensor(w)
+    soft = targets.soft
     table = None if soft is None else torch.as_tensor(soft[data.rows], dtype=torch.float32)
-    return Objective(data.task, weights, cfg.regression_loss, soft=table)
+    return Objective(data.task, weights, cfg.regression_loss, soft=table, source=source)
 
 
-def _train_labels(data: FusionData) -> np.ndarray:
-    """Training class labels (per frame, flattened, for per-frame targets)."""
+def _train_labels(data: FusionData, targets: Targets | None = None, source: str = "") -> np.ndarray:
+    """Training labels of ``targets`` (default: the run's): class indices (per frame,
+    flattened, for per-frame targets), or the multi-hot rows metrics score (multi-label)."""
+    targets = targets or data.targets_all
     train = data.indices("train")
+    if source:
+        train = train[data.extra_labelled[source][data.rows[train]]]
     if data.frame_level:
-        return np.concatenate([data.targets_all.frames[data.rows[i]] for i in train]).astype(np.int64)
-    return data.targets_all.values[data.rows[train]].astype(np.int64)
+        return np.concatenate([targets.frames[data.rows[i]] for i in train]).astype(np.int64)
+    if data.task == "multilabel":
+        rows = targets.eval_multihot if targets.eval_multihot is not None else targets.values
+        return eval_multihot(rows[data.rows[train]], len(data.names))
+    return targets.values[data.rows[train]].astype(np.int64)
+
+
+def _with_label_sources(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` whose data carries the label sources the method's configuration trains on
+    (:meth:`FusionMethod.label_sources`), so every batch has their targets."""
+    card = METHODS.get(cfg.method)
+    cls = card.cls
+    try:
+        method_config = cls.config_class(**{**card.defaults, **cfg.method_config})
+    except TypeError:  # unknown options: create_method names them in its one-line error
+        return cfg
+    extra = tuple(dict.fromkeys((*cfg.data.extra_labels, *cls.label_sources(method_config))))
+    return cfg if extra == cfg.data.extra_labels else replace(cfg, data=replace(cfg.data, extra_labels=extra))
 
 
 def _sample_weights(cfg: TrainConfig, data: FusionData) -> np.ndarray | None:
@@ -184,10 +214,11 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, console: Console | None = None) -> None:
         config.check()
+        card = METHODS.get(config.method)
+        config = _with_label_sources(config)
         self.cfg, self.out = config, Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.console = console or Console(stderr=True)
-        card = METHODS.get(config.method)
         self.gen = seed_everything(config.seed)
         self.store = open_store(config.store)
         self.data = FusionData(self.store, config.data, align=card.needs_alignment).load()
@@ -196,21 +227,58 @@ class Trainer:
         self.model = create_method(config.method, self.data.info, self.task, **config.method_config)
         self.model.to(config.device)
         self.dropout = ModalityDropout.parse(config.dropout, self.model.missing)
-        self.optimizers = build_optimizers(self.model, config)
-        self.schedule = Schedule(config, self.optimizers)
-        self.objective = make_objective(config, self.data)
+        # the loss trains on --train-labels (default --labels); selection and reports score --labels
+        self.objective = make_objective(config, self.data).labels(config.data.train_labels)
         self.sample_weights = _sample_weights(config, self.data)
-        self.metric = config.select_metric or M.headline(self.data.task)
         cuda = str(config.device).startswith("cuda")
         self.amp = bool(config.amp and cuda)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.history: list[dict[str, Any]] = []
-        self.epoch = 0
-        self.best_score, self.best_epoch, self.best_state = -math.inf, 0, None
-        self.bad_epochs = 0
+        self.stage_names = self.model.stages()
+        self.stage_results: list[dict[str, Any]] = []
+        self.enter_stage(0)
         self.threshold: float | None = (
             float(config.threshold) if config.threshold not in (None, "tune") else None
         )
+
+    # -- stages ----------------------------------------------------------------------------
+    def enter_stage(self, index: int) -> None:
+        """Start stage ``index`` of the method's :meth:`~FusionMethod.stages`: the model
+        freezes what the stage leaves alone, then fresh optimisers and schedule over the
+        groups it trains, and model selection starts over (on the stage's metric)."""
+        self.stage_index = index
+        stage = self.stage_names[index]
+        self.model.set_stage(stage)
+        self.optimizers = build_optimizers(self.model, self.cfg)
+        self.schedule = Schedule(self.cfg, self.optimizers)
+        self.metric = self.model.stage_metric(stage) or self.cfg.select_metric or M.headline(self.data.task)
+        self.epoch = 0
+        self.best_score, self.best_epoch, self.best_state = -math.inf, 0, None
+        self.bad_epochs = 0
+
+    @property
+    def stage(self) -> str:
+        return self.stage_names[self.stage_index]
+
+    def finish_stage(self) -> None:
+        """Keep a finished (not the last) stage: its selected weights in
+        ``RUN/stage-<name>/model.safetensors`` and what selected them in ``stage.json``."""
+        folder = self.out / f"stage-{self.stage}"
+        result = {
+            "stage": self.stage,
+            "select_metric": self.metric,
+            "selected_epoch": self.best_epoch,
+            **({"stages": self.stage_results} if self.stage_results else {}),
+            "best": M.SCORERS[self.metric].sign(self.best_score),
+            "trained_parameters": sum(p.numel() for ps in self.model.parameter_groups().values() for p in ps),
+        }
+        save_tensors(folder / "model.safetensors", self.model.state_dict(), metadata={"stage": self.stage})
+        write_json(folder / "stage.json", jsonable(result))
+        self.stage_results.append(result)
+
+    def _global_epoch(self) -> int:
+        """Epochs done over all stages (names the checkpoint files)."""
+        return self.stage_index * self.cfg.epochs + self.epoch
 
     # -- one update --------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -265,10 +333,15 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "best": [self.best_score, self.best_epoch, self.bad_epochs],
+            "stage": self.stage_index,
+            "stage_epoch": self.epoch,
+            "stage_results": self.stage_results,
         }
 
     def save_checkpoint(self) -> None:
-        save_checkpoint(self.out, self.epoch, self.model.state_dict(), self.best_state, self._trainer_state())
+        save_checkpoint(
+            self.out, self._global_epoch(), self.model.state_dict(), self.best_state, self._trainer_state()
+        )
 
     def resume(self) -> bool:
         """Continue from ``RUN/checkpoint`` (False when there is none)."""
@@ -279,6 +352,8 @@ class Trainer:
         if saved.get("run") and saved["run"] != run_key(self.cfg):
             raise AvxError(f"{self.out}: holds a different run; use another --out or drop --resume")
         weights, best, ck = loaded
+        if ck.get("stage", 0) != self.stage_index:
+            self.enter_stage(ck["stage"])
         self.model.load_state_dict(weights)
         for k, o in self.optimizers.items():
             o.load_state_dict(ck["optimizers"][k])
@@ -286,7 +361,8 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         self.gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
-        self.history, self.epoch = ck["history"], ck["epoch"]
+        self.history, self.epoch = ck["history"], ck.get("stage_epoch", ck["epoch"])
+        self.stage_results = ck.get("stage_results", [])
         self.best_score, self.best_epoch, self.bad_epochs = ck["best"]
         self.best_state = best
         return True
@@ -305,10 +381,11 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> None:
-        """Train to ``epochs`` (or early stop), selecting on dev after every epoch."""
+        """Train every stage to ``epochs`` (or early stop), selecting on dev after every
+        epoch; each stage starts from the previous stage's selected weights."""
         writer = _tensorboard(self.out) if self.cfg.tensorboard else None
-        opts = ReportOptions(threshold=self.threshold)
         lines = PlainLines(self.console)  # one line per epoch when the output is a log
+        total = self.cfg.epochs * len(self.stage_names)
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -318,54 +395,71 @@ class Trainer:
             transient=True,
             disable=lines.enabled,
         ) as progress:
-            bar = progress.add_task(self.cfg.method, total=self.cfg.epochs, completed=self.epoch, info="")
-            while self.epoch < self.cfg.epochs:
-                t0 = time.time()
-                row = self.train_epoch()
-                self.epoch += 1
-                if self.metric == "loss":
-                    dev_value = self.dev_loss()
-                else:
-                    dev = predict(
-                        self.model, self.data, "dev", self.cfg.batch_size, self.cfg.device, per_stream=False
-                    )
-                    dev_value = score(
-                        self.metric, self.data.task, self.data.names, dev.y,
-                        probabilities(dev.scores, self.data.task), opts.threshold,
-                    )  # fmt: skip
-                scorer = M.SCORERS[self.metric]
-                selection = scorer.sign(dev_value) if math.isfinite(dev_value) else -math.inf
-                row = {
-                    "epoch": self.epoch,
-                    **row,
-                    f"dev_{self.metric}": dev_value,
-                    "seconds": round(time.time() - t0, 3),
-                }
-                self.history.append(row)
-                self.schedule.on_dev(selection)
-                if self.best_state is None or selection > self.best_score:
-                    self.best_score, self.best_epoch, self.bad_epochs = selection, self.epoch, 0
-                    self.best_state = copy.deepcopy(self.model.state_dict())
-                else:
-                    self.bad_epochs += 1
-                if writer is not None:
-                    for k, v in row.items():
-                        if k != "epoch":
-                            writer.add_scalar(k, v, self.epoch)
-                self.save_checkpoint()
-                progress.update(bar, completed=self.epoch, info=f"dev {self.metric} {dev_value:.3f}")
-                lines(self._epoch_line(row))
-                if on_epoch_end is not None:
-                    on_epoch_end(self.epoch, row)
-                if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
-                    self.console.print(
-                        f"early stop after epoch {self.epoch}: dev {self.metric} has not improved for "
-                        f"{self.cfg.patience} epochs"
-                    )
+            bar = progress.add_task(self.cfg.method, total=total, completed=self._global_epoch(), info="")
+            while True:
+                while self.epoch < self.cfg.epochs:
+                    row = self._epoch(writer)
+                    info = f"dev {self.metric} {row[f'dev_{self.metric}']:.3f}"
+                    progress.update(bar, completed=self._global_epoch(), info=info)
+                    lines(self._epoch_line(row))
+                    if on_epoch_end is not None:
+                        on_epoch_end(self._global_epoch(), row)
+                    if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+                        self.console.print(
+                            f"early stop after epoch {self.epoch}{self._stage_label()}: dev {self.metric} has"
+                            f" not improved for {self.cfg.patience} epochs"
+                        )
+                        break
+                self.model.load_state_dict(self.best_state)
+                if self.stage_index + 1 == len(self.stage_names):
+                    self.model.set_stage("")  # trained: the model as users load it, nothing frozen
                     break
+                self.finish_stage()
+                lines(f"{self.cfg.method}: stage {self.stage} done (epoch {self.best_epoch} selected)")
+                self.enter_stage(self.stage_index + 1)
         if writer is not None:
             writer.close()
-        self.model.load_state_dict(self.best_state)
+
+    def _epoch(self, writer: Any) -> dict[str, Any]:
+        """One epoch of the current stage: train, score dev, select, checkpoint."""
+        t0 = time.time()
+        row = self.train_epoch()
+        self.epoch += 1
+        if self.metric == "loss":
+            dev_value = self.dev_loss()
+        else:
+            bs, device = self.cfg.batch_size, self.cfg.device
+            dev = predict(self.model, self.data, "dev", bs, device, per_stream=False)
+            dev_value = score(
+                self.metric, self.data.task, self.data.names, dev.y,
+                probabilities(dev.scores, self.data.task), self.threshold,
+            )  # fmt: skip
+        scorer = M.SCORERS[self.metric]
+        selection = scorer.sign(dev_value) if math.isfinite(dev_value) else -math.inf
+        stage = {"stage": self.stage} if len(self.stage_names) > 1 else {}
+        row = {
+            "epoch": self.epoch,
+            **stage,
+            **row,
+            f"dev_{self.metric}": dev_value,
+            "seconds": round(time.time() - t0, 3),
+        }
+        self.history.append(row)
+        self.schedule.on_dev(selection)
+        if self.best_state is None or selection > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = selection, self.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_epochs += 1
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    writer.add_scalar(k, v, self._global_epoch())
+        self.save_checkpoint()
+        return row
+
+    def _stage_label(self) -> str:
+        return f" of stage {self.stage}" if len(self.stage_names) > 1 else ""
 
     def _epoch_line(self, row: dict[str, Any]) -> str:
         """``method epoch 3/40: train_loss 0.512, dev_macro_f1 0.611 (best 0.630 at 2), 1.2 s``."""
@@ -374,7 +468,7 @@ class Trainer:
         )
         best = M.SCORERS[self.metric].sign(self.best_score) if math.isfinite(self.best_score) else math.nan
         return (
-            f"{self.cfg.method} epoch {self.epoch}/{self.cfg.epochs}: {values}"
+            f"{self.cfg.method} epoch {self.epoch}/{self.cfg.epochs}{self._stage_label()}: {values}"
             f" (best {best:.4g} at epoch {self.best_epoch}), {row['seconds']:.1f} s"
         )
 
@@ -401,6 +495,7 @@ class Trainer:
             "fold": c.data.fold,
             "select_metric": self.metric,
             "selected_epoch": self.best_epoch,
+            **({"stages": self.stage_results} if self.stage_results else {}),
             "threshold": self.threshold,
             "n_samples": self.data.counts(),
             "n_left_out_unlabelled": self.data.n_unlabelled,

@@ -17,7 +17,12 @@ freezes layers) without forking the trainer:
 
 - :meth:`FusionMethod.parameter_groups` — several optimisers, one per group;
 - :meth:`FusionMethod.training_step` — the update for one batch;
-- :meth:`FusionMethod.loss` — the objective from the output.
+- :meth:`FusionMethod.loss` — the objective from the output;
+- :meth:`FusionMethod.stages` / :meth:`FusionMethod.set_stage` /
+  :meth:`FusionMethod.stage_metric` — training in stages, each a full run of epochs
+  with its own optimisers and model selection, in one run folder (the two-stage method);
+- :meth:`FusionMethod.label_sources` — label sources beside ``--labels`` that parts of
+  the model train on (``objective.labels(source)`` in the loss).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import nn
 
 from avx.errors import AvxError
 from avx.fuse.data import Batch, StreamInfo
+from avx.fuse.layers import masked_mean  # noqa: F401  (methods import it from here)
 from avx.registry import Card, Registry
 
 ALL_TASKS = ("multiclass", "multilabel", "regression")
@@ -57,6 +63,8 @@ class FusionOutput:
             in input order), when the method has them.
         uncertainty: per-stream uncertainty ``[B]`` or ``[B, T]`` when the method has it.
         aux_losses: named extra loss terms, already weighted, added to the task loss.
+        extra: named further outputs the method's own :meth:`FusionMethod.loss` reads
+            (the two-stage method's per-branch heads).
     """
 
     logits: torch.Tensor
@@ -64,6 +72,7 @@ class FusionOutput:
     fusion_weights: torch.Tensor | None = None
     uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 Objective = Callable[[torch.Tensor, Batch, torch.Tensor | None], torch.Tensor]
@@ -71,14 +80,48 @@ Objective = Callable[[torch.Tensor, Batch, torch.Tensor | None], torch.Tensor]
 
 
 class LayerMix(nn.Module):
-    """Learnable softmax-weighted sum over a stream's layers (SUPERB's featurizer)."""
+    """Learnable softmax-weighted sum over a stream's layers (SUPERB's featurizer; the
+    two-stage paper's LW-Sum, Eq. 6): ``sum_l softmax(w)_l x_l``, weights starting equal.
+
+    Computed by :class:`_LayerSum`, which keeps a reference to the batch's
+    ``[B, T, L, D]`` input for the backward pass and allocates nothing of its size: an
+    ``einsum`` (or ``x * w``) saves or builds a full copy of the input (measured 5x the
+    input's bytes for forward + backward, against a quarter of it here), which for
+    WavLM-large's 25 layers is the largest tensor of a step.
+    """
 
     def __init__(self, n_layers: int) -> None:
         super().__init__()
         self.weights = nn.Parameter(torch.zeros(n_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, L, D] -> [B, T, D]
-        return torch.einsum("btld,l->btd", x, torch.softmax(self.weights, 0))
+        return _LayerSum.apply(x, torch.softmax(self.weights, 0))
+
+
+class _LayerSum(torch.autograd.Function):
+    """``out[..., d] = sum_l w[l] x[..., l, d]`` as one batched matrix product, saving
+    ``x`` itself (no copy) for the weights' gradient ``sum_{..., d} x[..., l, d] g[..., d]``."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        n, layers, d = x.shape[:-2].numel(), x.shape[-2], x.shape[-1]
+        out = torch.bmm(w.to(x.dtype).view(1, 1, layers).expand(n, 1, layers), x.reshape(n, layers, d))
+        return out.view(*x.shape[:-2], d)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, w = ctx.saved_tensors
+        n, layers, d = x.shape[:-2].numel(), x.shape[-2], x.shape[-1]
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = g.unsqueeze(-2) * w.to(g.dtype).view(layers, 1)
+        if ctx.needs_input_grad[1]:
+            gw = torch.bmm(x.reshape(n, layers, d), g.reshape(n, d, 1).to(x.dtype)).sum(0).view(layers)
+            gw = gw.to(w.dtype)
+        return gx, gw
 
 
 class FusionMethod(nn.Module):
@@ -114,6 +157,28 @@ class FusionMethod(nn.Module):
         return self.layer_mix[_key(s)](x) if _key(s) in self.layer_mix else x
 
     # -- training hooks ------------------------------------------------------------------
+    @classmethod
+    def label_sources(cls, config: Any) -> tuple[str, ...]:
+        """Label sources beside the run's ``--labels`` that this configuration trains on;
+        the data layer resolves them and every batch carries them
+        (``Batch.extra_targets``). Default: none."""
+        return ()
+
+    def stages(self) -> tuple[str, ...]:
+        """The training stages, in order (default: one). The trainer runs ``--epochs``
+        per stage with fresh optimisers over :meth:`parameter_groups` as they stand
+        after :meth:`set_stage`, selects each stage's best dev epoch and starts the next
+        from it; finished stages are kept in ``RUN/stage-<name>/``."""
+        return ("",)
+
+    def set_stage(self, stage: str) -> None:
+        """Enter ``stage`` (freeze what it does not train); ``""`` (after training, and
+        as constructed): nothing frozen. Default: nothing to do."""
+
+    def stage_metric(self, stage: str) -> str | None:
+        """The dev metric that selects ``stage``'s best epoch (None: the run's)."""
+        return None
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups, one optimiser each (default: one group)."""
         return {"all": [p for p in self.parameters() if p.requires_grad]}
@@ -159,12 +224,6 @@ class FusionMethod(nn.Module):
 
 def _key(stream: str) -> str:
     return stream.replace("/", "__").replace(".", "_")
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over time of ``h [B, T, H]`` on real frames (zeros when none)."""
-    m = mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 One stream through VAVL's input layer (temporal convolution to 50 features, linear map
 to 512), ``blocks`` = 5 conformer blocks (five, to match the depth a modality sees in
 VAVL: three of its own and two shared), the mean over real frames, and two fully
-connected layers (512 -> 256 -> K, ReLU, dropout 0.2). Train it once per modality
+connected layers (512 -> 256 -> K, ReLU, dropout 0.2); ``pool="asp"`` pools with
+attentive statistics instead (:class:`~avx.fuse.layers.TemporalPool`). Train it once per modality
 (``--streams audio/...`` or ``--streams video/...``) for the paper's unimodal rows.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from avx.fuse.data import Batch, StreamInfo
-from avx.fuse.layers import Conformer, TemporalProjection, mlp_head
+from avx.fuse.layers import Conformer, TemporalPool, TemporalProjection, mlp_head
 from avx.fuse.methods.base import (
     ALL_TASKS,
     METHODS,
@@ -20,7 +21,6 @@ from avx.fuse.methods.base import (
     FusionOutput,
     MethodCard,
     TaskSpec,
-    masked_mean,
 )
 
 
@@ -34,6 +34,7 @@ class ConformerUniConfig:
     conv_kernel: int = 31
     dropout: float = 0.1
     head_dropout: float = 0.2
+    pool: str = "mean"
 
 
 class ConformerUni(FusionMethod):
@@ -45,11 +46,12 @@ class ConformerUni(FusionMethod):
         c = config
         self.proj = TemporalProjection(inputs[self.stream].dim, c.proj_dim, c.d_model, c.proj_kernel)
         self.encoder = Conformer(c.d_model, c.heads, c.blocks, c.conv_kernel, c.dropout)
-        self.head = mlp_head(c.d_model, task.n_outputs, c.head_dropout, hidden=(256,))
+        self.pool = TemporalPool(c.pool, c.d_model)
+        self.head = mlp_head(self.pool.out_size, task.n_outputs, c.head_dropout, hidden=(256,))
 
     def forward(self, batch: Batch) -> FusionOutput:
         x, mask = self.stream_features(batch, self.stream), batch.masks[self.stream]
-        logits = self.head(masked_mean(self.encoder(self.proj(x, mask), mask), mask))
+        logits = self.head(self.pool(self.encoder(self.proj(x, mask), mask), mask))
         return FusionOutput(logits=logits, modality_logits={self.stream: logits})
 
 

@@ -10,7 +10,8 @@ paired and unpaired clips alike. Per modality ``m`` (Sec. 3.1, 4.3):
   :class:`~avx.fuse.layers.Conformer`);
 - the *shared* conformer (``shared_blocks`` = 2, one set of weights θ_s for both
   modalities) with a residual connection over it, a LayerNorm, and the mean over real
-  frames: ``z_m = mean_t LN(shared(h_m) + h_m)`` (Sec. 3.2);
+  frames: ``z_m = mean_t LN(shared(h_m) + h_m)`` (Sec. 3.2; ``pool="asp"`` takes
+  attentive statistics pooling per modality instead, :class:`~avx.fuse.layers.TemporalPool`);
 - a prediction head ``z_m -> 512 -> 256 -> K`` and a reconstruction head
   ``z_m -> 512 -> 256 -> D_m`` predicting the time-mean of the modality's input
   features (ReLU, dropout 0.2).
@@ -48,7 +49,7 @@ from torch import nn
 
 from avx.errors import AvxError
 from avx.fuse.data import Batch, StreamInfo
-from avx.fuse.layers import Conformer, TemporalProjection, mlp_head
+from avx.fuse.layers import Conformer, TemporalPool, TemporalProjection, mlp_head
 from avx.fuse.methods.base import (
     ALL_TASKS,
     METHODS,
@@ -88,6 +89,7 @@ class VavlConfig:
     reconstruction: bool = True
     av_head: bool = True
     first: str = "audio"
+    pool: str = "mean"
 
 
 class Vavl(FusionMethod):
@@ -110,11 +112,12 @@ class Vavl(FusionMethod):
         )
         self.shared = Conformer(d, c.heads, c.shared_blocks, c.conv_kernel, c.dropout)
         self.shared_norm = nn.LayerNorm(d)
-        k = task.n_outputs
-        self.head = nn.ModuleDict({_key(s): mlp_head(d, k, c.head_dropout) for s in self.streams})
-        recon = {_key(s): mlp_head(d, i.dim, c.head_dropout) for s, i in inputs.items()}
+        self.pool = nn.ModuleDict({_key(s): TemporalPool(c.pool, d) for s in self.streams})
+        k, z = task.n_outputs, self.pool[_key(self.streams[0])].out_size
+        self.head = nn.ModuleDict({_key(s): mlp_head(z, k, c.head_dropout) for s in self.streams})
+        recon = {_key(s): mlp_head(z, i.dim, c.head_dropout) for s, i in inputs.items()}
         self.reconstruct = nn.ModuleDict(recon if c.reconstruction else {})
-        self.av = mlp_head(d * len(self.streams), k, c.head_dropout) if c.av_head else None
+        self.av = mlp_head(z * len(self.streams), k, c.head_dropout) if c.av_head else None
         # steps in Algorithm 1's order: the `first` modality's stream(s), then the others
         self.order = sorted(self.streams, key=lambda s: inputs[s].modality != c.first)
         unique = len(set(modalities)) == len(modalities)
@@ -127,7 +130,7 @@ class Vavl(FusionMethod):
         out = self.shared(h, mask)
         if self.config.residual:
             out = out + h
-        return masked_mean(self.shared_norm(out), mask)
+        return self.pool[_key(s)](self.shared_norm(out), mask)
 
     def av_logits(self, z: dict[str, torch.Tensor], uni: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.av is not None:
@@ -151,7 +154,7 @@ class Vavl(FusionMethod):
     def branch(self, s: str) -> list[nn.Module]:
         """θ_m: the modules only stream ``s``'s information flows through."""
         k = _key(s)
-        mods = [self.proj[k], self.encoder[k], self.head[k]]
+        mods = [self.proj[k], self.encoder[k], self.pool[k], self.head[k]]
         mods += [self.reconstruct[k]] if k in self.reconstruct else []
         mods += [self.layer_mix[k]] if k in self.layer_mix else []
         return mods
