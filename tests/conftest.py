@@ -21,7 +21,7 @@ import zarr
 from avx.corpora import CorpusMetadata
 from avx.corpora.protocols import official
 from avx.demo.corpus import make_demo_corpus
-from avx.store_schema import StreamSpec, StreamWriter, create_store
+from avx.store_schema import StreamSpec, StreamWriter, create_store, open_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 N_CLIPS = 24
@@ -65,6 +65,24 @@ def demo_store(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     store = tmp_path_factory.mktemp("stores") / "ref.zarr"
     run_avx("extract", "--corpus", "avx-demo", "--root", demo_corpus, "--store", store, *EXTRACT_ARGS)
     return store
+
+
+@pytest.fixture(scope="session")
+def layered_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo store plus a 3-layer stream whose layer k is (k + 1) x the first 8 MFCCs."""
+    path = tmp_path_factory.mktemp("layered") / "s.zarr"
+    shutil.copytree(demo_store, path)
+    store = open_store(path)
+    mfcc = store.stream("audio/mfcc")
+    spec = StreamSpec(
+        "audio/layered", (3, 8), "float32", 100.0, layer_axis=0, provenance={"backbone": "test"}
+    )
+    w = StreamWriter(zarr.open_group(str(path), mode="r+"), spec, part_size=8)
+    for row, sid in enumerate(store.sample_ids):
+        x = mfcc[sid][:, :8]
+        w.add(row, np.stack([x * (k + 1) for k in range(3)], axis=1), mfcc.timestamps(sid))
+    w.close()
+    return path
 
 
 def synthetic_store(path: Path, seed: int, n: int = 200, k: int = 4) -> Path:

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 
 from avx.fuse.data import DataConfig, FusionData
 from avx.fuse.evaluate import Perturbation
@@ -20,7 +19,6 @@ from avx.fuse.robustness import predict_run
 from avx.fuse.train import Schedule, TrainConfig, Trainer, train
 from avx.serialization import load_tensors
 from avx.store_schema import open_store
-from avx.store_schema.writer import StreamSpec, StreamWriter
 from tests.conftest import run_avx
 
 STREAMS = ("audio/mfcc", "video/mobilenetv2")
@@ -52,24 +50,6 @@ def config(store: Path, method: str = "late", **kw) -> TrainConfig:
         method_config=kw.pop("method_config", SMALL_BY_METHOD[method]),
         **kw,
     )
-
-
-@pytest.fixture(scope="module")
-def layered_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo store plus a 3-layer stream whose layer k is (k + 1) x the first 8 MFCCs."""
-    path = tmp_path_factory.mktemp("layered") / "s.zarr"
-    shutil.copytree(demo_store, path)
-    store = open_store(path)
-    mfcc = store.stream("audio/mfcc")
-    spec = StreamSpec(
-        "audio/layered", (3, 8), "float32", 100.0, layer_axis=0, provenance={"backbone": "test"}
-    )
-    w = StreamWriter(zarr.open_group(str(path), mode="r+"), spec, part_size=8)
-    for row, sid in enumerate(store.sample_ids):
-        x = mfcc[sid][:, :8]
-        w.add(row, np.stack([x * (k + 1) for k in range(3)], axis=1), mfcc.timestamps(sid))
-    w.close()
-    return path
 
 
 # -- data ----------------------------------------------------------------------------------
