@@ -377,6 +377,8 @@ def test_cli_two_stage_run_eval_groups_and_paper_tables(demo_store: Path, tmp_pa
     )  # fmt: skip
     results = pd.read_csv(tmp_path / "tables" / "results.csv")
     assert list(results["model"]) == [4, 12] and {"macro_f1", "weighted_f1 lo"} <= set(results.columns)
+    assert list(results["inputs"]) == ["video", "audio+video"]
+    assert list(results["trained on"]) == ["voice", "audio=voice+av,video=face+av -> av"]
     assert (tmp_path / "tables" / "classes.md").exists() and "| 12 |" in proc.stdout
     shutil.rmtree(tmp_path / "tables")
 
@@ -396,6 +398,7 @@ def test_results_table_scores_pooled_folds_with_intervals_and_fold_t_tests(
         for k in (0, 1)
     )
     row = numbers.set_index("model").loc["B"]
+    assert (row["inputs"], row["trained on"]) == ("audio+video", "voice")  # Table 1's Audio/Video/Elicited
     assert row["macro_f1"] == pytest.approx(f1_score(b.y, b.pred, average="macro", zero_division=0))
     assert row["weighted_f1"] == pytest.approx(f1_score(b.y, b.pred, average="weighted", zero_division=0))
     lo, hi = M.bootstrap_scorer("macro_f1", b.y, b.pred, np.arange(len(b.y)), len(b.y), n_boot=200, seed=0)

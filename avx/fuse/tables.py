@@ -51,6 +51,8 @@ class Pooled:
     probs: np.ndarray  # [N, C]
     folds: dict[int, dict[str, float]]  # per-fold test metrics (metrics.json)
     store: str
+    inputs: str = ""  # the modalities of its streams, e.g. audio+video
+    trained_on: str = ""  # the label sources its loss trained on (stage 1 -> stage 2)
 
     def groups(self, column: str) -> np.ndarray:
         """Each pooled clip's value of a demographic column (``age``: the age bands)."""
@@ -88,7 +90,8 @@ def pooled_test(path: str | Path) -> Pooled:
         if m["task"] == "regression" or m.get("frame_level"):
             raise AvxError(f"{folder}: tables score per-clip classification runs, not {m['task']}")
         task, names = m["task"], list(m["names"])
-        store = json.loads((folder / "config.json").read_text())["store"]
+        config = json.loads((folder / "config.json").read_text())
+        store = config["store"]
         folds[int(m["fold"])] = {k: v for k, v in (m.get("test") or {}).items() if isinstance(v, int | float)}
         df = pd.read_csv(folder / "predictions.csv")
         frames.append(df[df["split"] == "test"])
@@ -99,7 +102,18 @@ def pooled_test(path: str | Path) -> Pooled:
         y = eval_multihot(df[[f"target:{n}" for n in names]].to_numpy(float), len(names))
         pred = df[[f"pred:{n}" for n in names]].to_numpy(int)
     probs = df[[f"prob:{n}" for n in names]].to_numpy(float)
-    return Pooled(path, task, names, df["id"].astype(str).to_numpy(), y, pred, probs, folds, store)
+    inputs = "+".join(dict.fromkeys(s.split("/")[0] for s in m["streams"]))
+    ids = df["id"].astype(str).to_numpy()
+    return Pooled(path, task, names, ids, y, pred, probs, folds, store, inputs, _trained_on(config))
+
+
+def _trained_on(config: dict) -> str:
+    """``voice`` (one source), or ``audio=voice+av,video=face+av -> av`` for a method
+    that trains parts of itself on further sources first (the two-stage method)."""
+    data, method = config["data"], config.get("method_config") or {}
+    main = data.get("train_labels") or data["labels"]
+    stage1 = method.get("stage1") if method.get("stages", 1) > 1 else None
+    return f"{stage1} -> {main}" if stage1 else main
 
 
 def _ci(value: float, ci: tuple[float, float], digits: int = 3) -> str:
@@ -123,7 +137,8 @@ def results_table(
         raise AvxError(f"reference '{reference}' is not one of the runs ({', '.join(runs)})")
     shown, numbers = [], []
     for label, r in pooled.items():
-        row, num = {"model": label}, {"model": label, "run": str(r.path), "folds": len(r.folds)}
+        row = {"model": label, "inputs": r.inputs, "trained on": r.trained_on}
+        num = {**row, "run": str(r.path), "folds": len(r.folds)}
         for m in metrics:
             s = M.get_scorer(m, r.task)
             value = s.fn(r.y, r.pred)
@@ -167,7 +182,17 @@ def per_class_table(
                 "BS": f"{brier:.3f}",
             }
         )
-        numbers.append({"model": label, **dict(zip(r.names, f1, strict=True)), "brier": brier})
+        by_class = M.brier_by_class(target, r.probs)
+        numbers.append(
+            {
+                "model": label,
+                **dict(zip(r.names, f1, strict=True)),
+                **{f"{n} lo": c[0] for n, c in zip(r.names, cis, strict=True)},
+                **{f"{n} hi": c[1] for n, c in zip(r.names, cis, strict=True)},
+                "brier": brier,
+                **{f"brier {n}": v for n, v in zip(r.names, by_class, strict=True)},
+            }
+        )
     return pd.DataFrame(shown), pd.DataFrame(numbers)
 
 
