@@ -435,3 +435,24 @@ def test_attentive_statistics_pooling_is_selectable_by_other_methods(method: str
     assert asp(batch).logits.shape == (2, 3)
     with pytest.raises(AvxError, match="unknown pooling 'max'"):
         create_method(method, info, TaskSpec("multiclass", 3), **small, pool="max")
+
+
+def test_one_stage_models_have_heads_only_where_something_trains_them() -> None:
+    info = {"audio/a": StreamInfo(5), "video/v": StreamInfo(7, modality="video")}
+    both = create_method("twostage", info, TaskSpec("multilabel", 6), **TINY, stages=1)  # models 7-9
+    audio = create_method(
+        "twostage", {"audio/a": info["audio/a"]}, TaskSpec("multilabel", 6), **TINY, stages=1
+    )
+    assert not both.heads and both.joint and len(audio.heads) == 1 and not audio.joint  # models 1-3
+    batch = Batch(
+        ["x"],
+        np.arange(1),
+        {"audio/a": torch.randn(1, 4, 5), "video/v": torch.randn(1, 4, 7)},
+        {s: torch.ones(1, 4, dtype=torch.bool) for s in info},
+        {s: torch.ones(1, dtype=torch.bool) for s in info},
+        torch.rand(1, 6),
+        torch.ones(1, dtype=torch.bool),
+    )
+    assert both(batch).modality_logits == {}  # evaluation drops the other stream instead
+    out = audio(batch)
+    assert torch.equal(out.logits, out.modality_logits["audio/a"])

@@ -37,7 +37,9 @@ Training (``stages`` = 2, the method's stages as data: :meth:`TwoStage.stages`):
 layers and FC together in one step, on the run's training labels (``--train-labels``,
 default ``--labels``): the paper's models 1-9. The per-stream outputs
 (``modality_logits``) are the stage-1 heads of that stream's branches (their
-probabilities averaged). Every choice the paper leaves open: docs/methods/twostage.md.
+probabilities averaged); one stage over several streams has no such heads, and its
+per-stream results are the fused model with the other streams absent, as for any method
+without per-stream heads. Every choice the paper leaves open: docs/methods/twostage.md.
 """
 
 from __future__ import annotations
@@ -152,9 +154,14 @@ class TwoStage(FusionMethod):
                 for b, (s, _) in self.plan.items()
             }
         )
-        self.heads = nn.ModuleDict({b: PooledHead(d, k, c.head_dropout) for b in self.plan})
         # the shared part: two stages, or one stage over several streams (models 7-12)
         self.joint = c.stages == 2 or len(self.streams) > 1
+        # stage-1 heads: what stage 1 trains, or the output of a one-stream, one-stage model;
+        # one stage over several streams has none (nothing would train them)
+        with_heads = c.stages == 2 or not self.joint
+        self.heads = nn.ModuleDict(
+            {b: PooledHead(d, k, c.head_dropout) for b in self.plan} if with_heads else {}
+        )
         if self.joint:
             self.shared = SelfAttention(d, c.heads, c.shared_layers, c.dropout, ff=c.ff_dim, norm_first=False)
             self.pools = nn.ModuleDict({b: AttentiveStatsPool(d) for b in self.plan})
@@ -205,8 +212,10 @@ class TwoStage(FusionMethod):
             b: self.branches[b](self.branch_input(b, batch), batch.masks[s])
             for b, (s, _) in self.plan.items()
         }
-        branch_logits = {b: self.heads[b](h, batch.masks[self.plan[b][0]]) for b, h in hs.items()}
-        per_stream = {s: self._stream_logits(s, branch_logits) for s in self.streams}
+        branch_logits = {
+            b: self.heads[b](h, batch.masks[self.plan[b][0]]) for b, h in hs.items() if b in self.heads
+        }
+        per_stream = {s: self._stream_logits(s, branch_logits) for s in self.streams} if branch_logits else {}
         if self.joint and self.stage != STAGE1:
             pooled = []
             for b, h in hs.items():
