@@ -642,7 +642,7 @@ def fuse_train(
             overwrite=overwrite,
             keep_checkpoint=keep_checkpoint,
         )
-        out.print(markdown(trials_table(summary)), highlight=False)
+        out.print(markdown(trials_table(summary)), highlight=False, soft_wrap=True)
         out.print(f"wrote {out_dir}/trials.md, trials.csv, trials.json and fold-*/")
         return
     from avx.fuse.runs import metrics_table
@@ -753,7 +753,7 @@ def fuse_eval(
         console=err,
     )
     res = evaluate_trials(run, against=against, **kw) if trials else evaluate_run(run, **kw)
-    out.print(res["markdown"], highlight=False)
+    out.print(res["markdown"], highlight=False, soft_wrap=True)
     extra = ", masking.csv" if mask_frames else ""
     out.print(f"wrote {run}/eval.json, eval.csv, eval.md{extra}" + (" (and each fold's)" if trials else ""))
     if groups:
@@ -841,7 +841,7 @@ def fuse_compare(
             shown.loc[i, "std"] = "needs ≥ 2 trials"
         if pd.isna(row["p_vs_first"]):
             shown.loc[i, "p_vs_first"] = "reference" if i == 0 else "needs ≥ 2 common folds"
-    out.print(markdown(shown), highlight=False)
+    out.print(markdown(shown), highlight=False, soft_wrap=True)
     if csv:
         table.to_csv(csv, index=False)
 
