@@ -758,11 +758,12 @@ def fuse_eval(
     out.print(f"wrote {run}/eval.json, eval.csv, eval.md{extra}" + (" (and each fold's)" if trials else ""))
     if groups:
         from avx.fuse.runs import markdown
-        from avx.fuse.tables import group_table
+        from avx.fuse.tables import group_table, pooled_test
 
         what = "pooled test predictions of every fold" if trials else "test predictions"
+        pooled = pooled_test(run)
         for g in _split_csv([groups]):
-            shown, numbers = group_table({run.name: run}, g)
+            shown, numbers = group_table({run.name: pooled}, g)
             md = f"Per {g} group ({what}): macro-F1 (95% CI), macro-F1 bias x 100 (CI), DPD, EOD\n\n"
             md += markdown(shown)
             out.print("\n" + md, highlight=False, soft_wrap=True)
@@ -870,6 +871,7 @@ def _paper_tables(
             raise AvxError(f"--reference {reference}: not one of the runs' labels or paths")
         ref = hits[0]
     kw = {"n_boot": bootstrap}
+    by_label = {lb: T.pooled_test(p) for lb, p in by_label.items()}  # each run read once, for every table
     parts = [
         ("results", f"Scores on pooled test predictions (bootstrap 95% CI); * p < 0.05 vs {ref}",
          T.results_table(by_label, reference=ref, metrics=tuple(_split_csv([metrics])), **kw)),

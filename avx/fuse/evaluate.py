@@ -332,10 +332,9 @@ def report(
         y_ = pred.y.astype(int) if task == "multiclass" else eval_multihot(pred.y, len(names))
         p_ = decide(probs, task, opts.threshold)
         if not data.frame_level:  # the two-stage paper's Table 3: F1 and Brier score per class
-            target = y_ if task == "multilabel" else np.eye(len(names))[y_]
             out["per_class"] = {
                 "f1": dict(zip(names, M.per_class_f1(y_, p_, len(names)), strict=True)),
-                "brier": dict(zip(names, M.brier_by_class(target, probs), strict=True)),
+                "brier": dict(zip(names, M.brier_by_class(y_, probs), strict=True)),
             }
     if fairness and task != "regression" and not data.frame_level:
         out["fairness"] = {}

@@ -336,12 +336,18 @@ def _counts_macro_f1(y: np.ndarray, pred: np.ndarray, owner: np.ndarray, n: int)
     return _per_sample(owner, n, [*(y * pred).T, *y.T, *pred.T, *always.T])
 
 
+def _f1(tp: np.ndarray, t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """F1 from true-positive, true and predicted counts: ``2 tp / (t + p)``, 0 where
+    ``t + p`` is 0 (scikit-learn's zero_division=0)."""
+    return np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
+
+
 def _macro_f1_from(stats_: np.ndarray) -> np.ndarray:
     """Macro-F1 over scikit-learn's labels: classes present in truth or prediction
     (class indices), every column (multi-label); F1 of a class with neither is 0."""
     tp, t, p, always = np.split(stats_, 4, axis=1)
     counted = ((t + p) > 0) | (always > 0)
-    f1 = np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
+    f1 = _f1(tp, t, p)
     return (f1 * counted).sum(1) / np.maximum(counted.sum(1), 1)
 
 
@@ -349,7 +355,7 @@ def _weighted_f1_from(stats_: np.ndarray) -> np.ndarray:
     """Weighted F1 (scikit-learn's ``average="weighted"``): per-class F1 weighted by the
     class's true count; 0 when no sample has a true label."""
     tp, t, p, _ = np.split(stats_, 4, axis=1)
-    f1 = np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
+    f1 = _f1(tp, t, p)
     support = t.sum(1)
     return np.where(support > 0, (f1 * t).sum(1) / np.where(support > 0, support, 1), 0.0)
 
@@ -364,7 +370,7 @@ def bootstrap_per_class_f1(
     vals = []
     for counts in replicate_counts(n, n_boot, seed):
         tp, t, p, _ = np.split(counts @ stats_, 4, axis=1)
-        vals.append(np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0))
+        vals.append(_f1(tp, t, p))
     f1 = np.concatenate(vals)
     return [percentile_interval(f1[:, c], alpha) for c in range(n_classes)]
 
@@ -427,7 +433,7 @@ def _counts_micro_f1(y: np.ndarray, pred: np.ndarray, owner: np.ndarray, n: int)
 
 def _micro_f1_from(stats_: np.ndarray) -> np.ndarray:
     tp, t, p = stats_.T
-    return np.where(t + p > 0, 2 * tp / np.where(t + p > 0, t + p, 1), 0.0)
+    return _f1(tp, t, p)
 
 
 def _moments_ccc(y: np.ndarray, pred: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:

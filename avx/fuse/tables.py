@@ -71,6 +71,11 @@ class Pooled:
         return values.reindex(self.ids).fillna("unknown").astype(str).to_numpy()
 
 
+Runs = str | Path | Pooled
+"""A table row's run: its folder, or its predictions already pooled (:func:`pooled_test`),
+so that several tables of the same runs read each run once."""
+
+
 def _folders(path: Path) -> list[Path]:
     if (path / "trials.json").exists():
         folds = json.loads((path / "trials.json").read_text())["folds"]
@@ -78,6 +83,11 @@ def _folders(path: Path) -> list[Path]:
     if (path / "metrics.json").exists():
         return [path]
     raise AvxError(f"{path}: no metrics.json or trials.json (not a finished run directory)")
+
+
+def load(run: Runs) -> Pooled:
+    """``run`` pooled: as given when it already is, else :func:`pooled_test` of its folder."""
+    return run if isinstance(run, Pooled) else pooled_test(run)
 
 
 def pooled_test(path: str | Path) -> Pooled:
@@ -121,7 +131,7 @@ def _ci(value: float, ci: tuple[float, float], digits: int = 3) -> str:
 
 
 def results_table(
-    runs: dict[str, str | Path],
+    runs: dict[str, Runs],
     *,
     reference: str | None = None,
     metrics: tuple[str, ...] = ("macro_f1", "weighted_f1"),
@@ -131,7 +141,7 @@ def results_table(
     """Table 1: one row per run, each metric on the pooled test predictions with its
     bootstrap interval, and a paired t-test over folds against ``reference`` (a key of
     ``runs``). Returns ``(shown, numbers)``: strings as printed, and the numbers."""
-    pooled = {k: pooled_test(p) for k, p in runs.items()}
+    pooled = {k: load(p) for k, p in runs.items()}
     ref = pooled.get(reference) if reference else None
     if reference and ref is None:
         raise AvxError(f"reference '{reference}' is not one of the runs ({', '.join(runs)})")
@@ -164,17 +174,16 @@ def _p_value(run: Pooled, ref: Pooled, metric: str) -> float:
 
 
 def per_class_table(
-    runs: dict[str, str | Path], *, n_boot: int = 1000, seed: int = 0
+    runs: dict[str, Runs], *, n_boot: int = 1000, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 3: each class's F1 with its bootstrap interval, and the Brier score averaged
     over classes (:func:`avx.fuse.metrics.brier_per_class`)."""
     shown, numbers = [], []
-    for label, path in runs.items():
-        r = pooled_test(path)
+    for label, run in runs.items():
+        r = load(run)
         f1 = M.per_class_f1(r.y, r.pred, len(r.names))
         cis = M.bootstrap_per_class_f1(r.y, r.pred, len(r.names), n_boot=n_boot, seed=seed)
-        target = r.y if r.task == "multilabel" else np.eye(len(r.names))[r.y]
-        brier = M.brier_per_class(target, r.probs)
+        brier = M.brier_per_class(r.y, r.probs)
         shown.append(
             {
                 "model": label,
@@ -182,7 +191,7 @@ def per_class_table(
                 "BS": f"{brier:.3f}",
             }
         )
-        by_class = M.brier_by_class(target, r.probs)
+        by_class = M.brier_by_class(r.y, r.probs)
         numbers.append(
             {
                 "model": label,
@@ -197,13 +206,13 @@ def per_class_table(
 
 
 def group_table(
-    runs: dict[str, str | Path], column: str, *, n_boot: int = 1000, seed: int = 0
+    runs: dict[str, Runs], column: str, *, n_boot: int = 1000, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 4 and 5 for one demographic ``column``: macro-F1 per group (interval),
     the macro-F1 bias between groups x 100 (interval), DPD and EOD."""
     shown, numbers = [], []
-    for label, path in runs.items():
-        r = pooled_test(path)
+    for label, run in runs.items():
+        r = load(run)
         groups = r.groups(column)
         fair = M.fairness_report(r.y, r.pred, groups, len(r.names))
         by_group, bias = M.bootstrap_groups("macro_f1", r.y, r.pred, groups, n_boot=n_boot, seed=seed)

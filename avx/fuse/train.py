@@ -49,7 +49,7 @@ from avx.fuse.evaluate import (
     write_predictions,
 )
 from avx.fuse.methods import METHODS, FusionMethod, create_method
-from avx.fuse.methods.base import TaskSpec
+from avx.fuse.methods.base import TaskSpec, method_config
 from avx.fuse.run_files import CHECKPOINT_FOLDER, RUN_FILES, is_finished
 from avx.fuse.run_folder import FusionRun, read_config_extras, run_key, write_config
 from avx.fuse.targets import Targets
@@ -182,13 +182,8 @@ def _train_labels(data: FusionData, targets: Targets | None = None, source: str 
 def _with_label_sources(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` whose data carries the label sources the method's configuration trains on
     (:meth:`FusionMethod.label_sources`), so every batch has their targets."""
-    card = METHODS.get(cfg.method)
-    cls = card.cls
-    try:
-        method_config = cls.config_class(**{**card.defaults, **cfg.method_config})
-    except TypeError:  # unknown options: create_method names them in its one-line error
-        return cfg
-    extra = tuple(dict.fromkeys((*cfg.data.extra_labels, *cls.label_sources(method_config))))
+    sources = METHODS.get(cfg.method).cls.label_sources(method_config(cfg.method, **cfg.method_config))
+    extra = tuple(dict.fromkeys((*cfg.data.extra_labels, *sources)))
     return cfg if extra == cfg.data.extra_labels else replace(cfg, data=replace(cfg.data, extra_labels=extra))
 
 
@@ -268,7 +263,6 @@ class Trainer:
             "stage": self.stage,
             "select_metric": self.metric,
             "selected_epoch": self.best_epoch,
-            **({"stages": self.stage_results} if self.stage_results else {}),
             "best": M.SCORERS[self.metric].sign(self.best_score),
             "trained_parameters": sum(p.numel() for ps in self.model.parameter_groups().values() for p in ps),
         }

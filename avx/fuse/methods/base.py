@@ -287,9 +287,7 @@ def create_method(
     card = METHODS.get(name)
     cls = card.cls
     assert cls is not None
-    valid = {f.name for f in fields(cls.config_class)}
-    if bad := set(overrides) - valid:
-        raise AvxError(f"{name}: unknown option(s) {sorted(bad)}; valid: {sorted(valid)}")
+    _check_options(name, cls, overrides)
     if config is not None and not isinstance(config, cls.config_class):
         raise AvxError(f"{name}: config must be a {cls.config_class.__name__}, not {type(config).__name__}")
     if task.kind not in card.tasks:
@@ -299,10 +297,22 @@ def create_method(
         raise AvxError(f"{name} takes {card.streams} streams; got {n}")
     if task.frame_level and not card.frame_level:
         raise AvxError(f"{name} predicts per sequence only; per-frame targets need another method")
-    if config is None:
-        config = cls.config_class(**{**card.defaults, **overrides})
-    else:
-        config = replace(config, **overrides)
+    config = method_config(name, **overrides) if config is None else replace(config, **overrides)
     model = cls(config, inputs, task)
     model.card = card
     return model
+
+
+def method_config(name: str, **overrides: Any) -> Any:
+    """Method ``name``'s config dataclass: its card's variant defaults updated by
+    ``overrides`` (unknown options are a one-line error naming the valid ones)."""
+    card = METHODS.get(name)
+    assert card.cls is not None
+    _check_options(name, card.cls, overrides)
+    return card.cls.config_class(**{**card.defaults, **overrides})
+
+
+def _check_options(name: str, cls: type[FusionMethod], options: dict[str, Any]) -> None:
+    valid = {f.name for f in fields(cls.config_class)}
+    if bad := set(options) - valid:
+        raise AvxError(f"{name}: unknown option(s) {sorted(bad)}; valid: {sorted(valid)}")
