@@ -541,6 +541,12 @@ def fuse_train(
     ] = None,
     fold: Annotated[int, typer.Option(help="Fold of the protocol.")] = 0,
     trials: Annotated[int, typer.Option(help="Run folds 0..K-1 and write a mean ± std table.")] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Run seeds --seed..--seed+N-1 on --fold and write a mean ± std table (OUT/seed-S/)."
+        ),
+    ] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from RUN/checkpoint.")] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Replace the run --out holds (cleared first); without it, it is refused.")
@@ -632,18 +638,19 @@ def fuse_train(
         config = apply_preset(config, preset, _explicit(ctx))
     method = config.method
     _threads(threads)
-    if trials:
+    if trials or seeds:
         summary = run_trials(
             config,
             out_dir,
             trials,
+            seeds=seeds,
             console=err,
             resume=resume,
             overwrite=overwrite,
             keep_checkpoint=keep_checkpoint,
         )
         out.print(markdown(trials_table(summary)), highlight=False, soft_wrap=True)
-        out.print(f"wrote {out_dir}/trials.md, trials.csv, trials.json and fold-*/")
+        out.print(f"wrote {out_dir}/trials.md, trials.csv, trials.json and {'seed' if seeds else 'fold'}-*/")
         return
     from avx.fuse.runs import metrics_table
 
@@ -700,11 +707,15 @@ def fuse_eval(
     ] = None,
     occlude: Annotated[Opt[list[str]], typer.Option(help="Occlude this fraction of face crops.")] = None,
     settings: Annotated[
-        Opt[str], typer.Option(help="'av,a,v,mean': SFAV's table (AV, audio only, video only, mean).")
+        Opt[str],
+        typer.Option(
+            help="Modality table: the modalities kept per row by letter (a, v, t) and 'mean', e.g."
+            " 'av,a,v,mean' (SFAV's table); 'all,mean': every subset of the run's modalities."
+        ),
     ] = None,
     absent: Annotated[
         str,
-        typer.Option(help="With --settings: A and V with the other modality 'missing' or 'noise' (N(0,1))."),
+        typer.Option(help="With --settings: the dropped modalities 'missing' or 'noise' (N(0,1))."),
     ] = "missing",
     seed: Annotated[int, typer.Option(help="Seed of the perturbations.")] = 0,
     ece_bins: Annotated[int, typer.Option(help="Equal-width confidence bins for ECE.")] = 15,
@@ -802,7 +813,13 @@ def fuse_compare(
     runs: Annotated[
         list[Path], typer.Argument(help="Run or trials directories; the first is the reference.")
     ],
-    metric: Annotated[Opt[str], typer.Option(help="Metric (default: the task's headline metric).")] = None,
+    metric: Annotated[
+        Opt[str],
+        typer.Option(
+            help="Metric, or several comma-separated, shown as mean ± std (default: the task's headline"
+            " metric); LDDU's Table 1: accuracy,micro_precision,micro_recall,micro_f1."
+        ),
+    ] = None,
     csv: Annotated[Opt[Path], typer.Option(help="Also write the table as CSV.")] = None,
     tables: Annotated[
         bool,
@@ -819,9 +836,7 @@ def fuse_compare(
     groups: Annotated[
         Opt[str], typer.Option(help="With --tables: demographic columns, e.g. sex,race,age.")
     ] = None,
-    metrics: Annotated[
-        str, typer.Option(help="With --tables: the score columns.")
-    ] = "macro_f1,weighted_f1",
+    metrics: Annotated[str, typer.Option(help="With --tables: the score columns.")] = "macro_f1,weighted_f1",
     bootstrap: Annotated[int, typer.Option(help="With --tables: bootstrap resamples.")] = 1000,
     out_dir: Annotated[
         Opt[Path], typer.Option("--out", help="With --tables: write each table as .md and .csv here.")
@@ -836,9 +851,19 @@ def fuse_compare(
         _paper_tables(runs, names, reference, groups, metrics, bootstrap, out_dir)
         return
     table = compare_runs(list(runs), metric)
-    shown = table.astype({"std": object, "p_vs_first": object})
+    several = "std" not in table.columns
+    shown = table.astype({"p_vs_first": object})
+    if several:  # one "mean ± std" cell per metric
+        for c in [c for c in table.columns if f"{c} std" in table.columns]:
+            shown[c] = [
+                f"{v:.3f} ± {sd:.3f}" if sd == sd else f"{v:.3f}"
+                for v, sd in zip(table[c], table[f"{c} std"], strict=True)
+            ]
+            shown = shown.drop(columns=f"{c} std")
+    else:
+        shown = shown.astype({"std": object})
     for i, row in table.iterrows():  # say why a cell is empty instead of printing nan
-        if row["folds"] < 2:
+        if row["folds"] < 2 and not several:
             shown.loc[i, "std"] = "needs ≥ 2 trials"
         if pd.isna(row["p_vs_first"]):
             shown.loc[i, "p_vs_first"] = "reference" if i == 0 else "needs ≥ 2 common folds"
@@ -955,14 +980,25 @@ def demo_cmd(
         int, typer.Option(help="Number of synthetic clips (6 classes x 12 speakers cycle).")
     ] = 144,
     seed: Annotated[int, typer.Option(help="Seed for the corpus and the training run.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    epochs: Annotated[int, typer.Option(help="Training epochs (default: 20; 10 with --trimodal).")] = 0,
+    trimodal: Annotated[
+        bool,
+        typer.Option(
+            "--trimodal",
+            help="Instead: a synthetic CMU-MOSEI-layout corpus (text, audio, video features; six emotions,"
+            " multi-label, cued per modality), its store, and LDDU, CARAT, MulT, late fusion.",
+        ),
+    ] = False,
     threads: Threads = None,
 ) -> None:
     """Generate the synthetic demo corpus, extract, validate, train late/context/MulT fusion, compare."""
-    from avx.demo.pipeline import run_demo
+    from avx.demo.pipeline import run_demo, run_mmer_demo
 
     _threads(threads)
-    run_demo(out_dir, clips=clips, seed=seed, epochs=epochs, out=out, err=err)
+    if trimodal:
+        run_mmer_demo(out_dir, seed=seed, epochs=epochs or 10, out=out, err=err)
+        return
+    run_demo(out_dir, clips=clips, seed=seed, epochs=epochs or 20, out=out, err=err)
 
 
 def main() -> None:

@@ -124,7 +124,10 @@ def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> N
     inputs = {"audio/a": StreamInfo(5), "video/v": StreamInfo(7, modality="video")}
     if METHODS.get(name).max_streams == 1:
         inputs.pop("video/v")
-    model = create_method(name, inputs, TaskSpec("multiclass", 3))
+    kind = "multiclass" if "multiclass" in METHODS.get(name).tasks else METHODS.get(name).tasks[0]
+    model = create_method(name, inputs, TaskSpec(kind, 3))
+    multihot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    targets = torch.tensor([0, 1, 2]) if kind == "multiclass" else multihot
     b = Batch(
         ids=["x", "y", "z"],
         index=np.arange(3),
@@ -132,7 +135,7 @@ def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> N
         inputs={"audio/a": torch.randn(3, 16, 5), "video/v": torch.randn(3, 2, 7)},
         masks={"audio/a": torch.ones(3, 16, dtype=torch.bool), "video/v": torch.ones(3, 2, dtype=torch.bool)},
         present={"audio/a": torch.tensor([True, True, True]), "video/v": torch.tensor([True, False, True])},
-        targets=torch.tensor([0, 1, 2]),
+        targets=targets,
         target_mask=torch.ones(3, dtype=torch.bool),
     )
     b.masks["video/v"][1] = False
@@ -143,14 +146,14 @@ def test_every_method_trains_a_step_and_handles_a_missing_stream(name: str) -> N
         w = out.fusion_weights
         assert (w[1, ..., 1] == 0).all()  # the absent stream gets no weight
         assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]))
-    terms = model.loss(out, b, Objective("multiclass"))
+    terms = model.loss(out, b, Objective(kind))
     # Every parameter must reach some output: the loss, a per-stream prediction, or the
     # method's own training step (VAVL's reconstruction heads train only there).
     extra = sum(lg.sum() for lg in out.modality_logits.values()) * 1e-3
     (torch.stack(list(terms.values())).sum() + extra).backward()
     optimizers = {k: torch.optim.SGD(ps, lr=0.0) for k, ps in model.parameter_groups().items()}
     steps = model.training_step(
-        b, Objective("multiclass"), optimizers, lambda loss, _opts: loss.backward(), contextlib.nullcontext
+        b, Objective(kind), optimizers, lambda loss, _opts: loss.backward(), contextlib.nullcontext
     )
     assert steps and all(np.isfinite(v) for v in steps.values())
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avx.errors import AvxError
 from avx.fuse import metrics as M
 from avx.fuse.data import Batch, FusionData
 from avx.fuse.methods.base import FusionMethod
@@ -375,7 +376,11 @@ def score(
         return float("nan")
     if s.kind == "values":
         yy, pp = y.reshape(len(y), -1), probs.reshape(len(probs), -1)
-        return float(np.mean([s.fn(yy[:, k], pp[:, k]) for k in range(yy.shape[1])]))
+        dims = [k for k in range(yy.shape[1]) if s.applies_to(names[k] if k < len(names) else "")]
+        if not dims:
+            only, have = ", ".join(s.dimensions or ()), ", ".join(names)
+            raise AvxError(f"metric '{name}' applies to {only}; the targets are {have}")
+        return float(np.mean([s.fn(yy[:, k], pp[:, k]) for k in dims]))
     yt = y.astype(int) if task == "multiclass" else eval_multihot(y, len(names))
     return s.fn(yt, probs if s.kind == "probs" else decide(probs, task, threshold))
 

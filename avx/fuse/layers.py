@@ -429,3 +429,39 @@ def mlp_head(d_in: int, d_out: int, dropout: float, hidden: tuple[int, ...] = (5
         layers += [nn.Linear(d_in, h), nn.ReLU(), nn.Dropout(dropout)]
         d_in = h
     return nn.Sequential(*layers, nn.Linear(d_in, d_out))
+
+
+# -- label-wise attention (LDDU's emotion space modelling, CARAT's label-specific features)
+
+
+class LabelAttention(nn.Module):
+    """q label queries attend over a modality's frames: ``[B, T, d] -> [B, q, d_out]``.
+
+    LDDU Eqs. 1-2: ``a_ij = softmax_j(Proj_L(l_i) . Proj_O(o_j))`` over real frames,
+    ``Z = Linear(A Proj_O(O))``, one attention head, no ``1/sqrt(d)`` scaling (the
+    equation has none). ``labels`` are the trainable label embeddings ``L [q, d]``
+    (shared by the modalities that use this module's caller; None: no label space, the
+    scores come from an MLP over each frame instead, LDDU's "w/o ESM" ablation).
+    A sequence with no real frame (absent modality) gets ``Z = 0``. Returns ``(Z, A)``.
+    """
+
+    def __init__(self, d: int, q: int, d_out: int, labels: nn.Embedding | None) -> None:
+        super().__init__()
+        self.labels = labels
+        if labels is not None:
+            self.label_proj = nn.Linear(labels.embedding_dim, d)
+        else:
+            self.scores = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, q))
+        self.frame_proj = nn.Linear(d, d)
+        self.out = nn.Linear(d, d_out)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        padding, empty = key_padding(mask)
+        o = self.frame_proj(h)  # Proj(O^m), [B, T, d]
+        if self.labels is not None:
+            s = torch.einsum("qd,btd->bqt", self.label_proj(self.labels.weight), o)
+        else:
+            s = self.scores(h).transpose(1, 2)  # [B, q, T]
+        a = torch.softmax(s.float().masked_fill(padding.unsqueeze(1), float("-inf")), -1).to(o.dtype)
+        z = self.out(a @ o)  # [B, q, d_out]
+        return z.masked_fill(empty.view(-1, 1, 1), 0.0), a

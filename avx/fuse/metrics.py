@@ -37,6 +37,8 @@ from sklearn.metrics import (
     f1_score,
     jaccard_score,
     precision_recall_fscore_support,
+    precision_score,
+    recall_score,
 )
 
 # -- classification --------------------------------------------------------------------
@@ -93,23 +95,58 @@ def pearson(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def regression_report(y: np.ndarray, p: np.ndarray, names: Sequence[str]) -> dict[str, float]:
-    """CCC, Pearson, MAE, MSE per dimension (``ccc_valence``) and their means (``ccc``)."""
+    """Every regression scorer of :data:`SCORERS` per dimension (``ccc_valence``) and
+    its mean over the dimensions it applies to (``ccc``); MOSI/MOSEI's sentiment
+    metrics (``acc2_has0`` ...) only for a dimension named ``sentiment``."""
     y, p = y.reshape(len(y), -1), p.reshape(len(p), -1)
     out: dict[str, float] = {}
-    per: dict[str, list[float]] = {"ccc": [], "pearson": [], "mae": [], "mse": []}
+    per: dict[str, list[float]] = {}
     for k, name in enumerate(names):
-        vals = {
-            "ccc": ccc(y[:, k], p[:, k]),
-            "pearson": pearson(y[:, k], p[:, k]),
-            "mae": float(np.abs(y[:, k] - p[:, k]).mean()),
-            "mse": float(((y[:, k] - p[:, k]) ** 2).mean()),
-        }
-        for m, v in vals.items():
-            per[m].append(v)
+        for s in SCORERS.values():
+            if s.kind != "values" or "regression" not in s.tasks or not s.applies_to(name):
+                continue
+            v = s.fn(y[:, k], p[:, k])
+            per.setdefault(s.name, []).append(v)
             if len(names) > 1:
-                out[f"{m}_{name}"] = v
+                out[f"{s.name}_{name}"] = v
     out.update({m: float(np.mean(v)) for m, v in per.items()})
     return out
+
+
+# -- CMU-MOSI / MOSEI sentiment (MMSA's regression metrics) -------------------------------
+#
+# The MOSI/MOSEI community scores a sentiment regressor on [-3, 3] with MMSA's set:
+# binary accuracy and weighted F1 "Has0" (negative < 0 <= non-negative, every sample)
+# and "Non0" (samples whose truth is 0 left out; positive > 0), 5- and 7-class accuracy
+# (values clipped to [-2, 2] / [-3, 3] and rounded half to even, as numpy's round),
+# MAE and Pearson correlation.
+
+
+def _acc2_has0(y: np.ndarray, p: np.ndarray) -> float:
+    return float(accuracy_score(y >= 0, p >= 0))
+
+
+def _f1_has0(y: np.ndarray, p: np.ndarray) -> float:
+    return float(f1_score(y >= 0, p >= 0, average="weighted", zero_division=0))
+
+
+def _acc2_non0(y: np.ndarray, p: np.ndarray) -> float:
+    keep = y != 0
+    return float(accuracy_score(y[keep] > 0, p[keep] > 0)) if keep.any() else float("nan")
+
+
+def _f1_non0(y: np.ndarray, p: np.ndarray) -> float:
+    keep = y != 0
+    if not keep.any():
+        return float("nan")
+    return float(f1_score(y[keep] > 0, p[keep] > 0, average="weighted", zero_division=0))
+
+
+def _acc_k(bound: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    def acc(y: np.ndarray, p: np.ndarray) -> float:
+        return float(np.mean(np.round(np.clip(p, -bound, bound)) == np.round(np.clip(y, -bound, bound))))
+
+    return acc
 
 
 # -- calibration -----------------------------------------------------------------------
@@ -509,6 +546,12 @@ class Scorer:
     resampled: tuple[Callable[..., np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None
     """For :func:`bootstrap_scorer`: ``(stats(y, pred, owner, n) -> [n, k] per-sample
     sums, score(counts @ stats) -> [B])``, the metric of many resamples at once."""
+    dimensions: tuple[str, ...] | None = None
+    """Regression only: the dimensions it is defined for (None: every one); MOSI/MOSEI's
+    sentiment metrics apply to ``sentiment`` alone."""
+
+    def applies_to(self, dimension: str) -> bool:
+        return self.dimensions is None or dimension in self.dimensions
 
     def sign(self, value: float) -> float:
         """``value`` oriented so that greater is better (for model selection)."""
@@ -590,6 +633,17 @@ SCORERS: dict[str, Scorer] = {
             fn=_sk(jaccard_score, average="samples", zero_division=1),
             table=_ML,
         ),
+        Scorer(
+            "micro_precision",
+            "P",
+            True,
+            _CLS,
+            fn=_sk(precision_score, average="micro", zero_division=0),
+            table=_ML,
+        ),
+        Scorer(
+            "micro_recall", "R", True, _CLS, fn=_sk(recall_score, average="micro", zero_division=0), table=_ML
+        ),
         Scorer("subset_accuracy", "subset", True, _ML, fn=_sk(accuracy_score)),
         Scorer("ece", "ECE", False, _MC, kind="probs", fn=_ece, table=_MC),
         Scorer(
@@ -609,15 +663,32 @@ SCORERS: dict[str, Scorer] = {
         Scorer("pearson", "r", True, _RG, kind="values", fn=pearson, table=_RG),
         Scorer("mae", "MAE", False, _RG, kind="values", fn=_mae, table=_RG),
         Scorer("mse", "MSE", False, _RG, kind="values", fn=_mse, table=_RG),
+        *(
+            Scorer(name, display, True, _RG, kind="values", fn=fn, table=_RG, dimensions=("sentiment",))
+            for name, display, fn in (
+                ("acc2_has0", "Acc2 (has0)", _acc2_has0),
+                ("f1_has0", "F1 (has0)", _f1_has0),
+                ("acc2_non0", "Acc2 (non0)", _acc2_non0),
+                ("f1_non0", "F1 (non0)", _f1_non0),
+                ("acc5", "Acc5", _acc_k(2.0)),
+                ("acc7", "Acc7", _acc_k(3.0)),
+            )
+        ),
         Scorer("loss", "loss", False, TASKS, kind="loss"),
     )
 }
 """Every metric usable for ``--select-metric``, tables, ``compare`` and trials."""
 
 
-def table_metrics(task: str) -> tuple[str, ...]:
-    """The metrics a task's tables show, headline first."""
-    cols = [s.name for s in SCORERS.values() if task in s.table]
+def table_metrics(task: str, names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The metrics a task's tables show, headline first; with the run's class or
+    dimension ``names``, dimension-specific metrics of those dimensions too (a
+    ``sentiment`` regressor's table gets MOSI/MOSEI's Acc2/F1/Acc5/Acc7)."""
+    cols = [
+        s.name
+        for s in SCORERS.values()
+        if task in s.table and (s.dimensions is None or any(s.applies_to(n) for n in names or ()))
+    ]
     head = headline(task)
     return (head, *(c for c in cols if c != head))
 

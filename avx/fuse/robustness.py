@@ -12,12 +12,15 @@ Settings (each scored with the run's own metrics, on ``split``):
 - ``occlude P`` — P of the face crops get a lower-face patch and the visual backbone
   is re-run on them (:mod:`avx.fuse.occlusion`).
 
-``modality_table`` selects the modality table layout (``av``, ``a``, ``v``, ``mean``;
-SFAV's Table II and the missing-modality tables of VAVL and others): AV (both
-modalities), A (audio only: the video absent), V (video only) and M, the mean of the
-three. With ``absent="noise"`` the other modality of A and V is replaced by N(0, 1)
-instead (the paper's table for noise-trained models). Every perturbation is seeded,
-so two evaluations agree exactly.
+``modality_table`` selects the modality table layout (SFAV's Table II and the
+missing-modality tables of VAVL, LDDU and others): each key names the modalities kept,
+by letter (``a`` audio, ``v`` video, ``t`` text; ``av``, ``a``, ``vt``, ...), every
+other modality of the run absent; ``all`` is every non-empty subset of the run's
+modalities (the 7 of a trimodal run), ``mean`` adds M, the mean over the subset rows.
+For an audio-visual run ``av,a,v,mean`` gives AV (clean), A (the video absent), V and
+M. With ``absent="noise"`` the dropped modalities are replaced by N(0, 1) instead (the
+paper's table for noise-trained models). Every perturbation is seeded, so two
+evaluations agree exactly.
 
 For methods with per-frame fusion weights (COLD), settings that corrupt frames one by
 one (``noise M:P``, ``mask P``, ``occlude P``) also report the mean weight of the
@@ -26,6 +29,7 @@ corrupted stream on its corrupted and on its clean frames.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,7 @@ from avx.fuse.evaluate import (
     weights_on_corrupted,
     write_predictions,
 )
+from avx.fuse.run_files import trial_runs
 from avx.fuse.run_folder import FusionRun, load_run
 from avx.fuse.runs import markdown
 from avx.threads import announce
@@ -60,9 +65,38 @@ class Setting:
     name: str
     perturbation: Perturbation | None = None
     occlude: float | None = None
+    subset: str | None = None
+    """For modality-table rows: the modalities kept (``AV``, ``T``)."""
 
 
-MODALITY_TABLE = ("av", "a", "v", "mean")
+LETTERS = {"a": "audio", "v": "video", "t": "text"}
+"""Modality-table letters (``--settings av,t``)."""
+
+
+def table_subsets(keys: tuple[str, ...], streams: list[str]) -> list[str]:
+    """The modality-table keys, each the kept modalities in the run's letter order
+    (``all`` expands to every non-empty subset of the run's modalities)."""
+    have = [k for k, m in LETTERS.items() if any(s.split("/")[0] == m for s in streams)]
+    out: list[str] = []
+    for key in keys:
+        if key == "mean":
+            continue
+        if key == "all":
+            for r in range(len(have), 0, -1):
+                out += ["".join(c) for c in itertools.combinations(have, r)]
+            continue
+        if not key or set(key) - set(LETTERS) or len(set(key)) != len(key):
+            letters = ", ".join(f"{k}={m}" for k, m in LETTERS.items())
+            raise AvxError(
+                f"--settings takes mean, all or modality letters ({letters}), e.g. av,a,v,mean; got '{key}'"
+            )
+        if missing := set(key) - set(have):
+            raise AvxError(
+                f"--settings {key}: the run has no {', '.join(LETTERS[k] for k in sorted(missing))} stream"
+                f" (its streams: {', '.join(streams)})"
+            )
+        out.append("".join(k for k in have if k in key))
+    return list(dict.fromkeys(out))
 
 
 def streams_of(what: str, streams: list[str]) -> tuple[str, ...]:
@@ -93,23 +127,30 @@ def build_settings(
     policy = missing_as or run.model.missing
     if policy not in ("mask", "zeros"):
         raise AvxError(f"--missing-as takes mask or zeros, not '{policy}'")
-    if bad := set(modality_table) - set(MODALITY_TABLE):
-        raise AvxError(f"--settings takes {','.join(MODALITY_TABLE)}; got {sorted(bad)}")
     if absent not in ("missing", "noise"):
         raise AvxError(f"--absent takes missing or noise, not '{absent}'")
     if absent != "missing" and not modality_table:
-        raise AvxError("--absent applies to the A and V rows: give --settings av,a,v,mean too")
-    out = [Setting("clean")]
-    wanted = set(modality_table) | ({"a", "v"} if "mean" in modality_table else set())
-    for key, other in (("a", "video"), ("v", "audio")):
-        if key in wanted:
-            hit = streams_of(other, streams)
-            p = (
-                Perturbation("missing", hit, policy=policy, seed=seed)
-                if absent == "missing"
-                else Perturbation("noise", hit, seed=seed)
-            )
-            out.append(Setting(f"{key.upper()} ({other} {absent})", p))
+        raise AvxError("--absent applies to the modality-table rows: give --settings too (e.g. av,a,v,mean)")
+    subsets = table_subsets(tuple(modality_table), streams)
+    if "mean" in modality_table and not subsets:
+        raise AvxError(
+            "--settings mean averages modality-table rows: name them too (e.g. av,a,v,mean or all)"
+        )
+    present = table_subsets(("all",), streams)[0] if subsets else ""
+    if subsets and present not in subsets:  # the clean row (all modalities) always leads the table
+        subsets.insert(0, present)
+    out = [Setting("clean", subset=present.upper() if subsets else None)]
+    for key in subsets:
+        if key == present:
+            continue
+        dropped = [LETTERS[k] for k in present if k not in key]
+        hit = tuple(s for m in dropped for s in streams_of(m, streams))
+        p = (
+            Perturbation("missing", hit, policy=policy, seed=seed)
+            if absent == "missing"
+            else Perturbation("noise", hit, seed=seed)
+        )
+        out.append(Setting(f"{key.upper()} ({', '.join(dropped)} {absent})", p, subset=key.upper()))
     for m in missing:
         p = Perturbation("missing", streams_of(m, streams), policy=policy, seed=seed)
         out.append(Setting(p.name, p))
@@ -186,10 +227,10 @@ def evaluate_run(
         "settings": results,
         "calibration": cal,
     }
-    cols = list(M.table_metrics(data.task))
+    cols = list(M.table_metrics(data.task, data.names))
     rows = [{"setting": n, **{c: r.get(c, np.nan) for c in cols}} for n, r in results.items()]
     if modality_table:
-        rows = modality_rows(rows, modality_table, cols)
+        rows = modality_rows(rows, settings, "mean" in modality_table, cols)
     table = pd.DataFrame(rows)
     out["table"] = table.to_dict(orient="records")
     p = Path(path)
@@ -216,9 +257,9 @@ def evaluate_run(
 
 
 def _fold_tables(path: Path, **kw: Any) -> tuple[list[int], list[pd.DataFrame]]:
-    folds = json.loads((path / "trials.json").read_text())["folds"]
-    per_fold = [evaluate_run(path / f"fold-{k}", **kw) for k in folds]
-    return folds, [pd.DataFrame(r["table"]).set_index("setting") for r in per_fold]
+    runs = trial_runs(path)
+    per_fold = [evaluate_run(folder, **kw) for _, folder in runs]
+    return [k for k, _ in runs], [pd.DataFrame(r["table"]).set_index("setting") for r in per_fold]
 
 
 def evaluate_trials(path: str | Path, *, against: str | Path | None = None, **kw: Any) -> dict[str, Any]:
@@ -276,7 +317,7 @@ def evaluate_trials(path: str | Path, *, against: str | Path | None = None, **kw
     (path / "eval.json").write_text(json.dumps(jsonable(out), indent=2))
     table.to_csv(path / "eval.csv", index=False)
     (path / "eval.md").write_text(md + "\n")
-    masking = [path / f"fold-{k}" / "masking.csv" for k in folds]
+    masking = [folder / "masking.csv" for _, folder in trial_runs(path)]
     if all(f.exists() for f in masking):
         m = pd.concat([pd.read_csv(f) for f in masking])
         keys = ["rate", "masked", "head"]
@@ -322,18 +363,22 @@ def masking_rows(settings: list[Setting], results: dict[str, Any], task: str) ->
     return rows
 
 
-def modality_rows(rows: list[dict[str, Any]], keys: tuple[str, ...], cols: list[str]) -> list[dict[str, Any]]:
-    """The modality table first: AV (the clean setting), A, V (those computed) and, with
-    ``mean``, M = the mean of the three (SFAV's Table II); any other settings follow."""
-    clean = next(r for r in rows if r["setting"] == "clean")
-    singles = [r for r in rows if r["setting"].startswith(("A (", "V ("))]
-    out = [{**clean, "setting": "AV"}, *singles]
-    if "mean" in keys:
-        three = [clean, *singles]
+def modality_rows(
+    rows: list[dict[str, Any]], settings: list[Setting], mean: bool, cols: list[str]
+) -> list[dict[str, Any]]:
+    """The modality table first: its rows in the order asked (the clean setting named
+    by its modalities, ``AV`` or ``AVT``) and, with ``mean``, M = their mean (SFAV's
+    Table II); any other settings follow."""
+    subset = {st.name: st.subset for st in settings if st.subset}
+    table = [{**r, "setting": subset[r["setting"]] if r["setting"] == "clean" else r["setting"]}
+             for r in rows if r["setting"] in subset]  # fmt: skip
+    out = list(table)
+    if mean and table:
+        names = ", ".join(r["setting"].split(" (")[0] for r in table)
         out.append(
-            {"setting": "M (mean of AV, A, V)", **{c: float(np.mean([r[c] for r in three])) for c in cols}}
+            {"setting": f"M (mean of {names})", **{c: float(np.mean([r[c] for r in table])) for c in cols}}
         )
-    return out + [r for r in rows if r is not clean and r not in singles]
+    return out + [r for r in rows if r["setting"] not in subset]
 
 
 def predict_run(

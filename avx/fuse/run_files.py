@@ -26,6 +26,16 @@ RUN_FILES = (
 """What marks a folder as holding a run (of this avx or an older one)."""
 
 
+def trial_runs(path: Path) -> list[tuple[int, Path]]:
+    """The runs of a trials directory (``--trials`` folds or ``--seeds`` seeds), as
+    ``(key, folder)``: the key (fold or seed) pairs runs of two directories."""
+    import json
+
+    s = json.loads((path / "trials.json").read_text())
+    folders = s.get("runs") or [f"fold-{k}" for k in s["folds"]]
+    return [(k, path / f) for k, f in zip(s["folds"], folders, strict=True)]
+
+
 def is_finished(out: Path) -> bool:
     """The folder holds a completed run: model and metrics written, checkpoint removed.
 

@@ -195,11 +195,11 @@ def convert_run(path: str | Path) -> list[str]:
     """Rewrite a run folder of an older avx (pickled ``model.pt``/``last.pt``) in this format.
 
     This unpickles the files, which runs any code they carry: call it only for runs from
-    a source you trust. A trials folder converts every ``fold-K``. Returns what was
+    a source you trust. A trials folder converts every ``fold-K`` (``seed-S``). Returns what was
     converted; the pickles are removed once their replacements are written.
     """
     path = Path(path)
-    folds = sorted(p for p in path.glob("fold-*") if p.is_dir())
+    folds = sorted(p for pattern in ("fold-*", "seed-*") for p in path.glob(pattern) if p.is_dir())
     if folds and not (path / "config.json").exists():
         return [x for f in folds for x in convert_run(f)]
     done: list[str] = []

@@ -1,8 +1,10 @@
 """Many runs: trials over folds, comparison tables, console tables.
 
 One run folder's format (``save_pretrained`` / ``from_pretrained``) is
-:mod:`avx.fuse.run_folder`. A trials directory holds one run per fold (``fold-K/``)
-plus ``trials.json``, ``trials.csv`` and ``trials.md`` (mean ± std over folds).
+:mod:`avx.fuse.run_folder`. A trials directory holds one run per fold (``fold-K/``,
+``--trials``) or per seed on one fold (``seed-S/``, ``--seeds``, the protocol of papers
+on a fixed official split: LDDU, CARAT) plus ``trials.json``, ``trials.csv`` and
+``trials.md`` (mean ± std over the runs).
 Which metrics tables show, and their titles, come from :data:`avx.fuse.metrics.SCORERS`.
 """
 
@@ -37,26 +39,33 @@ LoadedRun = FusionRun  # the name before runs had save_pretrained/from_pretraine
 def run_trials(
     config: TrainConfig,
     out_dir: str | Path,
-    k: int,
+    k: int = 0,
     *,
+    seeds: int = 0,
     console: Console | None = None,
     resume: bool = False,
     overwrite: bool = False,
     keep_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Train on folds 0..k-1 of the protocol; write per-fold runs and a mean ± std table.
+    """Train on folds 0..k-1 of the protocol (``fold-K/``), or ``seeds`` seeds from
+    ``config.seed`` on its one fold (``seed-S/``); write the runs and a mean ± std table.
 
-    ``resume`` keeps finished folds (their ``metrics.json``) and continues interrupted
-    ones; ``overwrite`` retrains every fold (see :func:`~avx.fuse.train.train`).
+    ``resume`` keeps finished runs (their ``metrics.json``) and continues interrupted
+    ones; ``overwrite`` retrains every run (see :func:`~avx.fuse.train.train`).
     """
     out = Path(out_dir)
-    protocol = open_store(config.store).protocol(config.data.protocol)
-    if not 1 <= k <= protocol.n_folds:
-        raise AvxError(f"--trials {k}: protocol '{protocol.name}' has {protocol.n_folds} folds")
+    if bool(k) == bool(seeds):
+        raise AvxError("give either --trials K (folds) or --seeds N (seeds on one fold)")
+    if seeds:
+        plan = [(f"seed-{s}", replace(config, seed=s)) for s in range(config.seed, config.seed + seeds)]
+    else:
+        protocol = open_store(config.store).protocol(config.data.protocol)
+        if not 1 <= k <= protocol.n_folds:
+            raise AvxError(f"--trials {k}: protocol '{protocol.name}' has {protocol.n_folds} folds")
+        plan = [(f"fold-{f}", replace(config, data=replace(config.data, fold=f))) for f in range(k)]
     runs = []
-    for fold in range(k):
-        cfg = replace(config, data=replace(config.data, fold=fold))
-        folder = out / f"fold-{fold}"
+    for name, cfg in plan:
+        folder = out / name
         if resume and is_finished(folder):
             runs.append(json.loads((folder / "metrics.json").read_text()))
             continue
@@ -70,7 +79,7 @@ def run_trials(
                 keep_checkpoint=keep_checkpoint,
             )
         )
-    summary = summarize_trials(runs)
+    summary = summarize_trials(runs, over="seed" if seeds else "fold", folders=[n for n, _ in plan])
     write_json(out / "trials.json", summary)
     table = trials_table(summary)
     table.to_csv(out / "trials.csv", index=False)
@@ -81,10 +90,16 @@ def run_trials(
 def test_values(metrics: dict[str, Any]) -> dict[str, float]:
     """The table metrics of one run's test split."""
     test = metrics.get("test") or {}
-    return {m: test[m] for m in M.table_metrics(metrics["task"]) if isinstance(test.get(m), int | float)}
+    cols = M.table_metrics(metrics["task"], metrics.get("names"))
+    return {m: test[m] for m in cols if isinstance(test.get(m), int | float)}
 
 
-def summarize_trials(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_trials(
+    runs: list[dict[str, Any]], over: str = "fold", folders: list[str] | None = None
+) -> dict[str, Any]:
+    """Mean ± std of the runs' test metrics. ``folds`` lists each run's key, its fold
+    (``over="fold"``) or its seed (``over="seed"``), which pairs runs across directories;
+    ``runs`` their folders."""
     first = runs[0]
     per_fold = [test_values(r) for r in runs]
     names = list(per_fold[0])
@@ -94,7 +109,9 @@ def summarize_trials(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "streams": first["streams"],
         "labels": first["labels"],
         "protocol": first["protocol"],
-        "folds": [r["fold"] for r in runs],
+        "over": over,
+        "folds": [r["fold"] if over == "fold" else r["seed"] for r in runs],
+        "runs": folders or [f"fold-{r['fold']}" for r in runs],
         "per_fold": {m: [f.get(m, float("nan")) for f in per_fold] for m in names},
         "mean": {m: float(np.nanmean([f.get(m, np.nan) for f in per_fold])) for m in names},
         "std": {
@@ -110,7 +127,7 @@ def trials_table(summary: dict[str, Any]) -> pd.DataFrame:
             "metric": m,
             "mean": summary["mean"][m],
             "std": summary["std"][m],
-            **{f"fold {k}": v for k, v in zip(summary["folds"], vals, strict=True)},
+            **{f"{summary.get('over', 'fold')} {k}": v for k, v in zip(summary["folds"], vals, strict=True)},
         }
         for m, vals in summary["per_fold"].items()
     ]
@@ -129,7 +146,7 @@ def markdown(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 def _run_values(path: Path) -> tuple[str, str, dict[int, dict[str, float]], dict[str, Any]]:
-    """(method, task, {fold: test metrics}, ci95 of a single run)."""
+    """(method, task, {fold or seed: test metrics}, ci95 of a single run)."""
     if (path / "trials.json").exists():
         s = json.loads((path / "trials.json").read_text())
         folds = {f: {m: v[i] for m, v in s["per_fold"].items()} for i, f in enumerate(s["folds"])}
@@ -140,30 +157,41 @@ def _run_values(path: Path) -> tuple[str, str, dict[int, dict[str, float]], dict
     raise AvxError(f"{path}: no metrics.json or trials.json (not a run directory)")
 
 
-def compare_runs(paths: list[str | Path], metric: str | None = None) -> pd.DataFrame:
-    """One row per run: the metric (mean ± std over folds, or value with its bootstrap
-    95% CI), and the paired two-tailed t-test p-value against the first run over the
-    folds both ran (NaN with fewer than two common folds)."""
+def compare_runs(paths: list[str | Path], metric: str | list[str] | None = None) -> pd.DataFrame:
+    """One row per run: each metric (mean and std over folds or seeds, or a single run's
+    value with its bootstrap 95% CI), and the paired two-tailed t-test p-value of the
+    first metric against the first run over the folds (seeds) both ran (NaN with fewer
+    than two in common).
+
+    ``metric``: one name, several (a list or comma-separated: ``accuracy,micro_precision,
+    micro_recall,micro_f1`` is LDDU's Table 1), or None for the task's headline metric;
+    with several, each metric ``m`` has an ``m std`` column."""
     loaded = [(Path(p), *_run_values(Path(p))) for p in paths]
     task = loaded[0][2]
     if any(t != task for _, _, t, _, _ in loaded):
         raise AvxError("runs to compare must share a task")
-    metric = M.get_scorer(metric, task).name if metric else M.headline(task)
+    names = metric.split(",") if isinstance(metric, str) else list(metric or [])
+    metrics = [M.get_scorer(m.strip(), task).name for m in names] or [M.headline(task)]
     ref = loaded[0][3]
     rows = []
     for path, method, _, folds, ci in loaded:
-        vals = [folds[f].get(metric, np.nan) for f in sorted(folds)]
+        row: dict[str, Any] = {"run": str(path), "method": method, "folds": len(folds)}
+        for j, name in enumerate(metrics):
+            vals = [folds[f].get(name, np.nan) for f in sorted(folds)]
+            row[name] = float(np.nanmean(vals))
+            sd = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan")
+            row["std" if len(metrics) == 1 else f"{name} std"] = sd
+            if j == 0:
+                lo, hi = ci.get(name, [np.nan, np.nan])
+                ci95 = f"[{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else ""
         common = sorted(set(folds) & set(ref))
-        p = (
-            M.paired_ttest([ref[f][metric] for f in common], [folds[f][metric] for f in common])
+        first = metrics[0]
+        row["ci95"] = ci95
+        row["p_vs_first"] = (
+            M.paired_ttest([ref[f][first] for f in common], [folds[f][first] for f in common])
             if len(common) > 1
             else float("nan")
         )
-        row = {"run": str(path), "method": method, "folds": len(vals), metric: float(np.nanmean(vals))}
-        row["std"] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan")
-        lo, hi = ci.get(metric, [np.nan, np.nan])
-        row["ci95"] = f"[{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else ""
-        row["p_vs_first"] = p
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -195,7 +223,7 @@ def metrics_table(metrics: dict[str, Any], title: str = "results") -> Table:
 def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -> Table:
     """Test metrics of several runs side by side (``avx demo``), with bootstrap CIs."""
     task = results[0]["task"]
-    cols = M.table_metrics(task)
+    cols = M.table_metrics(task, results[0].get("names"))
     key = M.headline(task)
     table = Table(title=title)
     table.add_column("method", overflow="fold")

@@ -97,9 +97,7 @@ class Selection:
             return list(specs)
         out = [s for s in specs if s.split("/")[0] in keep]
         if not out:
-            raise AvxError(
-                f"no stream of modality {', '.join(keep)} among --streams {', '.join(specs)}"
-            )
+            raise AvxError(f"no stream of modality {', '.join(keep)} among --streams {', '.join(specs)}")
         return out
 
     def _extra_targets(self, src: str) -> Targets:

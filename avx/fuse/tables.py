@@ -33,6 +33,7 @@ import pandas as pd
 
 from avx.errors import AvxError
 from avx.fuse import metrics as M
+from avx.fuse.run_files import trial_runs
 from avx.fuse.tasks import eval_multihot
 
 GROUP_COLUMNS = {"sex": "sex", "race": "race", "age": "age_group", "age_group": "age_group"}
@@ -78,8 +79,7 @@ so that several tables of the same runs read each run once."""
 
 def _folders(path: Path) -> list[Path]:
     if (path / "trials.json").exists():
-        folds = json.loads((path / "trials.json").read_text())["folds"]
-        return [path / f"fold-{k}" for k in folds]
+        return [folder for _, folder in trial_runs(path)]
     if (path / "metrics.json").exists():
         return [path]
     raise AvxError(f"{path}: no metrics.json or trials.json (not a finished run directory)")

@@ -314,6 +314,7 @@ class Trainer:
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v * len(batch)
             n += len(batch)
+        self.model.end_epoch()
         return {f"train_{k}": v / max(n, 1) for k, v in totals.items()}
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -330,6 +331,7 @@ class Trainer:
             "stage": self.stage_index,
             "stage_epoch": self.epoch,
             "stage_results": self.stage_results,
+            "method_state": self.model.training_state(),
         }
 
     def save_checkpoint(self) -> None:
@@ -357,6 +359,7 @@ class Trainer:
         torch.set_rng_state(ck["torch_rng"])
         self.history, self.epoch = ck["history"], ck.get("stage_epoch", ck["epoch"])
         self.stage_results = ck.get("stage_results", [])
+        self.model.load_training_state(ck.get("method_state", {}))
         self.best_score, self.best_epoch, self.bad_epochs = ck["best"]
         self.best_state = best
         return True

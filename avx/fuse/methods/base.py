@@ -22,7 +22,12 @@ freezes layers) without forking the trainer:
   :meth:`FusionMethod.stage_metric` — training in stages, each a full run of epochs
   with its own optimisers and model selection, in one run folder (the two-stage method);
 - :meth:`FusionMethod.label_sources` — label sources beside ``--labels`` that parts of
-  the model train on (``objective.labels(source)`` in the loss).
+  the model train on (``objective.labels(source)`` in the loss);
+- :meth:`FusionMethod.end_epoch` / :meth:`FusionMethod.training_state` /
+  :meth:`FusionMethod.load_training_state` — bookkeeping a method keeps across batches
+  and epochs that is not a weight (LDDU's per-sample correctness history and its
+  contrastive queue): the trainer calls ``end_epoch`` after every training epoch and
+  saves the state in the checkpoint, so a resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -178,6 +183,19 @@ class FusionMethod(nn.Module):
     def stage_metric(self, stage: str) -> str | None:
         """The dev metric that selects ``stage``'s best epoch (None: the run's)."""
         return None
+
+    def end_epoch(self) -> None:
+        """Called by the trainer after each training epoch (before dev scoring).
+        Default: nothing."""
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Training-time state that is not in ``state_dict`` (not part of the trained
+        model) but must survive a resume: tensors only, as checkpoints are read with
+        ``weights_only=True``. Default: none."""
+        return {}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`training_state` returned."""
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups, one optimiser each (default: one group)."""
