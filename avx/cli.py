@@ -817,7 +817,7 @@ def fuse_compare(
         Opt[str],
         typer.Option(
             help="Metric, or several comma-separated, shown as mean ± std (default: the task's headline"
-            " metric); LDDU's Table 1: accuracy,micro_precision,micro_recall,micro_f1."
+            " metric); LDDU's Table 1: jaccard_accuracy,micro_precision,micro_recall,micro_f1."
         ),
     ] = None,
     csv: Annotated[Opt[Path], typer.Option(help="Also write the table as CSV.")] = None,

@@ -204,14 +204,18 @@ def test_the_scorer_table_is_the_one_source(rng: np.random.Generator) -> None:
         "regression": y["regression"] + rng.normal(size=(120, 2)),
     }
     task_names = {"multiclass": names, "multilabel": names, "regression": ["valence", "arousal"]}
-    for task in M.TASKS:
-        rep = core_metrics(task, task_names[task], y[task], probs[task], ReportOptions())
+    cases = [(task, task_names[task], y[task], probs[task]) for task in M.TASKS]
+    # a sentiment regressor also gets MOSI/MOSEI's metrics (sentiment on [-3, 3])
+    cases.append(("regression", ["sentiment"], 3 * y["regression"][:, :1], 3 * probs["regression"][:, :1]))
+    for task, dims, yt, pt in cases:
+        rep = core_metrics(task, dims, yt, pt, ReportOptions())
         assert M.headline(task) == M.table_metrics(task)[0]
         for name, s in M.SCORERS.items():
-            if task not in s.tasks or s.fn is None:
+            if task not in s.tasks or s.fn is None or not any(s.applies_to(d) for d in dims):
                 continue
-            assert score(name, task, task_names[task], y[task], probs[task]) == pytest.approx(rep[name]), name
-        assert set(M.table_metrics(task)) <= set(rep)
+            assert score(name, task, dims, yt, pt) == pytest.approx(rep[name]), name
+        assert set(M.table_metrics(task, dims)) <= set(rep)
+    assert "acc7" in rep and "acc7" not in core_metrics("regression", ["valence"], yt, pt, ReportOptions())
     assert M.SCORERS["mae"].sign(0.5) == -0.5 and M.SCORERS["ccc"].sign(0.5) == 0.5
     with pytest.raises(Exception, match="does not apply to regression"):
         M.get_scorer("macro_f1", "regression")

@@ -163,8 +163,8 @@ def compare_runs(paths: list[str | Path], metric: str | list[str] | None = None)
     first metric against the first run over the folds (seeds) both ran (NaN with fewer
     than two in common).
 
-    ``metric``: one name, several (a list or comma-separated: ``accuracy,micro_precision,
-    micro_recall,micro_f1`` is LDDU's Table 1), or None for the task's headline metric;
+    ``metric``: one name, several (a list or comma-separated: ``jaccard_accuracy,
+    micro_precision,micro_recall,micro_f1`` is LDDU's Table 1), or None for the task's headline metric;
     with several, each metric ``m`` has an ``m std`` column."""
     loaded = [(Path(p), *_run_values(Path(p))) for p in paths]
     task = loaded[0][2]
