@@ -398,7 +398,9 @@ def test_three_stream_missing_modalities_and_all_seven_subsets(mmer_store: Path,
     assert rows[7] == "M (mean of AVT, AV, AT, VT, A, V, T)"
     assert table.loc[rows[7], "micro_f1"] == pytest.approx(table.loc[rows[:7], "micro_f1"].mean())
     one = pd.DataFrame(evaluate_run(tmp_path / "run", missing=["text"])["table"]).set_index("setting")
-    assert one.loc["missing text/bert", "micro_f1"] == pytest.approx(table.loc["AV (text missing)", "micro_f1"])
+    assert one.loc["missing text/bert", "micro_f1"] == pytest.approx(
+        table.loc["AV (text missing)", "micro_f1"]
+    )
     assert table.loc["T (audio, video missing)", "micro_f1"] != table.loc["AVT", "micro_f1"]
     ev = run_avx("fuse", "eval", str(tmp_path / "run"), "--missing", "text", "--settings", "at,t")
     rows = [line.split("|")[1].strip() for line in ev.stdout.splitlines() if line.startswith("| ")][1:]
