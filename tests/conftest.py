@@ -43,6 +43,23 @@ def run_avx(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
     return proc
 
 
+def crash_then_resume(config: Any, out: Path, epoch: int) -> dict:
+    """Train ``config`` into ``out``, let it die after epoch ``epoch`` (checkpointed),
+    then ``--resume`` it to the end; returns the resumed run's metrics."""
+    from avx.fuse.train import train
+
+    class Stop(Exception):
+        pass
+
+    def crash(done: int, _row: dict) -> None:
+        if done == epoch:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(config, out, on_epoch_end=crash)
+    return train(config, out, resume=True)
+
+
 def popen_avx(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(

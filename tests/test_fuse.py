@@ -19,7 +19,7 @@ from avx.fuse.robustness import predict_run
 from avx.fuse.train import Schedule, TrainConfig, Trainer, train
 from avx.serialization import load_tensors
 from avx.store_schema import open_store
-from tests.conftest import run_avx
+from tests.conftest import crash_then_resume, run_avx
 
 STREAMS = ("audio/mfcc", "video/mobilenetv2")
 SMALL = {"hidden": 16, "layers": 1}
@@ -299,17 +299,7 @@ def test_training_is_reproducible_and_resumes_bit_identically(demo_store: Path, 
     c = train(replace(cfg, seed=1), tmp_path / "c")
     assert a["history"][-1]["train_task"] == b["history"][-1]["train_task"] and a["test"] == b["test"]
     assert a["history"][-1]["train_task"] != c["history"][-1]["train_task"]
-
-    class Stop(Exception):
-        pass
-
-    def interrupt(epoch: int, _row: dict) -> None:
-        if epoch == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "d", on_epoch_end=interrupt)
-    d = train(cfg, tmp_path / "d", resume=True)
+    d = crash_then_resume(cfg, tmp_path / "d", epoch=2)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(d["history"]) == strip(a["history"]) and d["test"] == a["test"]
     sa = load_tensors(tmp_path / "a" / "model.safetensors")

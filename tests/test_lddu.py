@@ -29,7 +29,7 @@ from avx.fuse.tasks import Objective
 from avx.fuse.train import TrainConfig, Trainer, train
 from avx.serialization import load_tensors
 from avx.store_schema import create_store, open_store
-from tests.conftest import run_avx
+from tests.conftest import crash_then_resume, run_avx
 
 STREAMS3 = ("text/bert", "audio/covarep", "video/facet")
 TINY = {"d_model": 32, "heads": 2, "layers": 1, "z_dim": 16, "latent": 8, "hidden": 32, "dropout": 0.1}
@@ -309,17 +309,7 @@ def test_lddu_and_carat_train_on_two_and_three_streams(method: str, mmer_store: 
 def test_lddu_resumes_bit_identically_with_its_queue_and_history(mmer_store: Path, tmp_path: Path) -> None:
     cfg = _config(mmer_store, epochs=3, queue_size=64)
     ref = train(cfg, tmp_path / "ref")
-
-    class Stop(Exception):
-        pass
-
-    def crash(epoch: int, row: dict) -> None:
-        if epoch == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "run", on_epoch_end=crash)
-    resumed = train(cfg, tmp_path / "run", resume=True)
+    resumed = crash_then_resume(cfg, tmp_path / "run", epoch=2)
     assert resumed["test"] == ref["test"]
     a, b = (
         load_tensors(tmp_path / "ref" / "model.safetensors"),

@@ -32,7 +32,7 @@ from avx.fuse.tasks import Objective, class_weights
 from avx.fuse.train import TrainConfig, Trainer, make_objective, train
 from avx.serialization import load_tensors
 from avx.store_schema import StreamSpec, StreamWriter, create_store, open_store
-from tests.conftest import FIXTURES, run_avx
+from tests.conftest import FIXTURES, crash_then_resume, run_avx
 
 STREAMS = ("audio/mfcc", "video/mobilenetv2")
 TINY = {"d_model": 16, "ff_dim": 16, "heads": 2, "audio_layers": 1, "video_layers": 1, "shared_layers": 1}
@@ -166,18 +166,9 @@ def test_stage_two_leaves_every_stage_one_parameter_bit_identical(
 def test_two_stage_run_resumes_in_stage_two_and_ends_bit_identical(demo_store: Path, tmp_path: Path) -> None:
     cfg = _config(demo_store)
     ref = train(cfg, tmp_path / "ref")
-
-    class Stop(Exception):
-        pass
-
-    def crash(epoch: int, row: dict) -> None:
-        if epoch == 3:  # the first epoch of stage 2 is checkpointed, then the run dies
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "run", on_epoch_end=crash)
+    # the first epoch of stage 2 is checkpointed, then the run dies; stage 1 is kept
+    resumed = crash_then_resume(cfg, tmp_path / "run", epoch=3)
     assert (tmp_path / "run" / "stage-1" / "model.safetensors").exists()
-    resumed = train(cfg, tmp_path / "run", resume=True)
     assert resumed["test"] == ref["test"] and resumed["stages"] == ref["stages"]
     a = load_tensors(tmp_path / "ref" / "model.safetensors")
     b = load_tensors(tmp_path / "run" / "model.safetensors")
