@@ -865,8 +865,10 @@ def fuse_compare(
     for i, row in table.iterrows():  # say why a cell is empty instead of printing nan
         if row["folds"] < 2 and not several:
             shown.loc[i, "std"] = "needs ≥ 2 trials"
-        if pd.isna(row["p_vs_first"]):
-            shown.loc[i, "p_vs_first"] = "reference" if i == 0 else "needs ≥ 2 common folds"
+        if i == 0:
+            shown.loc[i, "p_vs_first"] = "reference"
+        elif pd.isna(row["p_vs_first"]):
+            shown.loc[i, "p_vs_first"] = "needs ≥ 2 common folds"
     out.print(markdown(shown), highlight=False, soft_wrap=True)
     if csv:
         table.to_csv(csv, index=False)
