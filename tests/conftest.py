@@ -60,6 +60,26 @@ def crash_then_resume(config: Any, out: Path, epoch: int) -> dict:
     return train(config, out, resume=True)
 
 
+def assert_selection_ignores_test(config: Any, tmp: Path, scramble: Any) -> None:
+    """The framework's leakage check: training reads only train and dev batches, and
+    ``scramble(values, rows, n_classes)`` applied to every test label changes nothing in training
+    (history, selected epoch)."""
+    from avx.fuse.train import Trainer
+
+    ref = Trainer(config, tmp / "ref")
+    seen: list[str] = []
+    batches = ref.data.batches
+    ref.data.batches = lambda split, *a, **k: (seen.append(split), batches(split, *a, **k))[1]  # type: ignore[method-assign]
+    ref.fit()
+    assert set(seen) == {"train", "dev"}
+    scrambled = Trainer(config, tmp / "scr")
+    d = scrambled.data
+    scramble(d.targets_all.values, d.rows[d.indices("test")], len(d.names))
+    scrambled.fit()
+    strip = lambda h: [{k: x for k, x in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(scrambled.history) == strip(ref.history) and scrambled.best_epoch == ref.best_epoch
+
+
 def popen_avx(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(
