@@ -447,6 +447,12 @@ def _explicit(ctx: typer.Context) -> set[str]:
     return {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", None) in given}
 
 
+_END_TO_END_ONLY = (
+    "backbone_weights", "backbone_opt", "freeze", "backbone_lr", "augment", "gradient_checkpointing",
+    "backbone_bn",
+)  # fmt: skip
+
+
 @fuse_app.command("train")
 def fuse_train(
     ctx: typer.Context,
@@ -565,9 +571,44 @@ def fuse_train(
         Opt[list[str]],
         typer.Option("--set", help="Method option KEY=VALUE (JSON value), e.g. --set hidden=64."),
     ] = None,
+    end_to_end: Annotated[
+        Opt[str],
+        typer.Option(
+            "--end-to-end",
+            help="Train backbones with the method from the stored crops/waveform: MODALITY=BACKBONE[,...],"
+            " e.g. video=efficientface,audio=wavlm-base-plus, with video/faces,audio/waveform in --streams.",
+        ),
+    ] = None,
+    backbone_weights: Annotated[
+        Opt[list[str]],
+        typer.Option(help="End to end: MODALITY=PATH|HUB_ID, weights instead of the cached stream's."),
+    ] = None,
+    backbone_opt: Annotated[
+        Opt[list[str]], typer.Option(help="End to end: backbone option MODALITY:KEY=VALUE (video:size=112).")
+    ] = None,
+    freeze: Annotated[
+        str,
+        typer.Option(help="End to end: none | all | N (first N blocks) | feature-extractor, or MODALITY=..."),
+    ] = "none",
+    backbone_lr: Annotated[
+        Opt[float], typer.Option(help="End to end: learning rate of backbone parameters (default lr/10).")
+    ] = None,
+    augment: Annotated[
+        bool, typer.Option(help="End to end: per-clip flip and ±10° rotation of the crops while training.")
+    ] = False,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="End to end: recompute speech-model activations in backward (less memory).")
+    ] = False,
+    trust_pickle: Annotated[
+        bool, typer.Option(help="End to end: allow backbone checkpoints that unpickle Python objects.")
+    ] = False,
+    backbone_bn: Annotated[
+        str,
+        typer.Option(help="End to end: BatchNorm of trained backbones: frozen (running stats) | train."),
+    ] = "frozen",
 ) -> None:
     """Train a fusion method; writes RUN/metrics.json, config.json, model.json, model.safetensors,
-    normalizer.safetensors, predictions.csv."""
+    normalizer.safetensors, predictions.csv (end to end: also RUN/backbones/)."""
     if method is None and preset is None:
         raise AvxError("give --method (see `avx fuse methods`) or --preset (see `avx fuse presets`)")
     lo, _, hi = bins.partition(",")
@@ -584,6 +625,7 @@ def fuse_train(
     if "://" not in store and not Path(store).exists():  # as open_store says it, without importing zarr
         raise AvxError(f"{store}: no such store (the path does not exist)")
     from avx.fuse.data import DataConfig  # torch: after the checks that need none (usage errors in < 1 s)
+    from avx.fuse.end2end import EndToEndConfig
     from avx.fuse.presets import apply_preset
     from avx.fuse.runs import markdown, run_trials, trials_table
     from avx.fuse.train import TrainConfig, train
@@ -633,7 +675,22 @@ def fuse_train(
         tensorboard=tensorboard,
         bootstrap=bootstrap,
         method_config={**_kv(option), **({"stage1": labels_stage1} if labels_stage1 else {})},
+        end_to_end=None
+        if end_to_end is None
+        else EndToEndConfig(
+            backbones=_split_csv([end_to_end]),
+            weights=tuple(backbone_weights or ()),
+            options=tuple(backbone_opt or ()),
+            freeze=freeze,
+            backbone_lr=backbone_lr,
+            augment=augment,
+            gradient_checkpointing=gradient_checkpointing,
+            trust_pickle=trust_pickle,
+            batchnorm=backbone_bn,
+        ),
     )
+    if end_to_end is None and (explicit := _explicit(ctx) & set(_END_TO_END_ONLY)):
+        raise AvxError(f"--{sorted(explicit)[0].replace('_', '-')} applies to --end-to-end training only")
     if preset:
         config = apply_preset(config, preset, _explicit(ctx))
     method = config.method

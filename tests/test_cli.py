@@ -89,7 +89,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     store = out / "demo.zarr"
     assert "valid (18 samples" in run_avx("store", "validate", store, "--deep").stdout
     info = json.loads(run_avx("store", "info", store, "--json").stdout)
-    assert set(info["streams"]) == {"faces", "audio/mfcc", "video/mobilenetv2"}
+    assert set(info["streams"]) == {"faces", "audio/mfcc", "video/mobilenetv2", "audio/waveform"}
     for s in info["streams"].values():
         assert s["committed"] == 18
         assert s["provenance"]["created"]["avx_version"]

@@ -97,8 +97,9 @@ def _run(b: object) -> np.ndarray | None:
     rng = np.random.default_rng(0)
     if isinstance(b, AudioBackbone):
         wav = rng.standard_normal(b.sample_rate * 2).astype(np.float32)
-        feats, ts = b(wav)
+        feats, ts, *fields = b(wav)  # + per-frame fields when declared (the waveform's samples)
         assert feats.shape[1:] == b.frame_shape and ts.shape == (len(feats),)
+        assert set(fields[0] if fields else {}) == set(b.fields)
         assert np.all(np.diff(ts) > 0)
         if b.frame_rate is not None:
             # two seconds of audio, less the span of one analysis window

@@ -22,7 +22,7 @@ from avx.fuse.runs import comparison_table
 from avx.fuse.train import TrainConfig, train
 from avx.store_schema import open_store, validate_store
 
-DEMO_BACKBONES = ("mfcc", "mobilenetv2")
+DEMO_BACKBONES = ("mfcc", "mobilenetv2", "waveform")  # the waveform: for --end-to-end audio=...
 DEMO_STREAMS = ("audio/mfcc", "video/mobilenetv2")
 DEMO_METHODS = ("late", "context", "mult")
 # MFCC frames (100 Hz) averaged onto a 10 Hz grid, video repeated onto it: a GRU over
@@ -54,7 +54,9 @@ def run_demo(
     else:
         out.print(f"[bold]1/4[/] reusing demo corpus {corpus}")
     t1 = time.time()
-    out.print("[bold]2/4[/] extracting faces (MTCNN), video/mobilenetv2 (random init), audio/mfcc")
+    out.print(
+        "[bold]2/4[/] extracting faces (MTCNN), video/mobilenetv2 (random init), audio/mfcc, audio/waveform"
+    )
     extract(
         "avx-demo",
         corpus,

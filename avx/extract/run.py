@@ -539,8 +539,8 @@ class ChunkRunner:
             try:
                 if isinstance(audio, MediaError):
                     raise audio
-                feats, ts = b(audio.waveform, source=src)
-                builders[name].add(prep.row, feats, ts, note=audio.note)
+                feats, ts, *fields = b(audio.waveform, source=src)  # + per-frame fields, if any
+                builders[name].add(prep.row, feats, ts, note=audio.note, **(fields[0] if fields else {}))
             except Exception as e:
                 builders[name].fail(prep.row, str(clip_failure(e, src)))
 

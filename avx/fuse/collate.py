@@ -30,13 +30,21 @@ def collate(
     for s in sel.stream_names:
         seqs = feats[s]
         lengths = [0 if f is None else len(f) for f in seqs]
-        t = fixed.get(s) or max(1, *lengths)
-        shape = (sel.info[s].layers, sel.info[s].dim) if sel.info[s].layers > 1 else (sel.info[s].dim,)
-        x = np.zeros((b, t, *shape), np.float32)
+        raw = sel.raw.get(s)
+        # a waveform's length is in samples: its backbone decides how many frames it makes
+        t = (None if raw is not None and raw.waveform else fixed.get(s)) or max(1, *lengths)
+        if raw is not None:  # end-to-end input: as stored (uint8 crops, float32 samples)
+            x = np.zeros((b, t, *raw.shape), raw.dtype)
+        else:
+            shape = (sel.info[s].layers, sel.info[s].dim) if sel.info[s].layers > 1 else (sel.info[s].dim,)
+            x = np.zeros((b, t, *shape), np.float32)
         m = np.zeros((b, t), bool)
         for j, f in enumerate(seqs):
             if f is not None and len(f):
-                norm(s, f, out=x[j, : len(f)])
+                if raw is not None:
+                    x[j, : len(f)] = f
+                else:
+                    norm(s, f, out=x[j, : len(f)])
                 m[j, : len(f)] = True
         inputs[s], masks[s] = torch.from_numpy(x), torch.from_numpy(m)
         present[s] = torch.tensor([n > 0 for n in lengths])
@@ -70,6 +78,7 @@ def collate(
         target_mask=tmask,
         extra_targets=extra,
         extra_masks=extra_masks,
+        raw=tuple(s for s in sel.stream_names if s in sel.raw),
     )
 
 

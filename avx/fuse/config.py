@@ -14,6 +14,7 @@ from avx.errors import AvxError
 from avx.fuse import metrics as M
 from avx.fuse.data import DataConfig
 from avx.fuse.dropout import ModalityDropout
+from avx.fuse.end2end import EndToEndConfig
 from avx.fuse.tasks import REGRESSION_LOSSES
 from avx.serialization import from_dict, to_dict
 
@@ -35,6 +36,10 @@ class TrainConfig:
 
     Robustness: ``dropout`` is the modality dropout applied to every training batch
     (none, softhard, noise, prob:P; :mod:`avx.fuse.dropout`).
+
+    End to end: ``end_to_end`` (:class:`~avx.fuse.end2end.EndToEndConfig`) puts
+    trainable backbones in front of the method, fed from the stored crops and waveform;
+    None trains on cached features.
 
     Task: ``class_weights`` (none, inverse, effective[:beta]), ``sampling`` (none,
     over, under), ``regression_loss`` (ccc, ccc+mse, mse, l1), ``threshold`` for
@@ -71,8 +76,11 @@ class TrainConfig:
     tensorboard: bool = False
     bootstrap: int = 1000
     method_config: dict[str, Any] = field(default_factory=dict)
+    end_to_end: EndToEndConfig | None = None
 
     def check(self) -> None:
+        if self.end_to_end is not None:
+            self.end_to_end.check()
         if self.optimizer not in OPTIMIZERS:
             raise AvxError(f"unknown optimizer '{self.optimizer}'; valid: {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:

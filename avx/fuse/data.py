@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from avx.errors import AvxError
+from avx.extract.backbones.waveform import SAMPLES as WAVEFORM_SAMPLES
+from avx.extract.backbones.waveform import waveform_of
 from avx.fuse.collate import collate
 from avx.fuse.datatypes import (
     BLOCK_SAMPLES,
@@ -76,9 +78,15 @@ class FusionData(Selection):
     """
 
     def __init__(
-        self, store: FeatureStore, config: DataConfig, *, align: bool = False, keep_unlabelled: bool = False
+        self,
+        store: FeatureStore,
+        config: DataConfig,
+        *,
+        align: bool = False,
+        keep_unlabelled: bool = False,
+        raw: bool = False,
     ) -> None:
-        super().__init__(store, config, align=align, keep_unlabelled=keep_unlabelled)
+        super().__init__(store, config, align=align, keep_unlabelled=keep_unlabelled, raw=raw)
         self._features: dict[str, list[np.ndarray | None]] | None = None
         self.target_frames: list[np.ndarray | None] | None = None
         self.ref_times: list[np.ndarray | None] = []
@@ -124,6 +132,8 @@ class FusionData(Selection):
             ok = [i for i in idx if self.available[s][i]]
             ids = [self.ids[i] for i in ok]
             data = st.read_many(ids) if ids else []
+            if ids and s in self.raw and self.raw[s].waveform:  # (data, real samples per frame)
+                data = list(zip(data, st.read_many(ids, WAVEFORM_SAMPLES), strict=True))
             ts = st.read_many(ids, S.TIMESTAMPS) if ids and self.align else [None] * len(ids)
             pos = {i: k for k, i in enumerate(ok)}
             raw[s] = [data[pos[i]] if i in pos else None for i in idx]
@@ -160,6 +170,8 @@ class FusionData(Selection):
     ) -> np.ndarray | None:
         if x is None or not len(x):
             return None
+        if s in self.raw:
+            return self._process_raw(s, x)
         x = np.asarray(x, np.float32)
         sel = self._layers[s]
         if sel is not None:
@@ -170,6 +182,17 @@ class FusionData(Selection):
         else:
             x = x.reshape(len(x), -1)
         return self.place(s, x, t, ref)
+
+    def _process_raw(self, s: str, x: np.ndarray | tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+        """Crops as stored (the length policy picks frames), or the clip's samples (the
+        policy crops whole 20 ms frames, then the last frame's padding is dropped)."""
+        if not self.raw[s].waveform:
+            return self._length(s, np.asarray(x))
+        frames, samples = x
+        frames = self._length(s, frames)
+        samples = samples[: len(frames)]
+        wav = waveform_of(np.asarray(frames, np.float32), samples)
+        return wav if len(wav) else None
 
     def place(self, s: str, x: np.ndarray, t: np.ndarray | None, ref: np.ndarray | None) -> np.ndarray:
         """Alignment onto ``ref`` times and the length policy, for any per-frame array."""
@@ -187,16 +210,23 @@ class FusionData(Selection):
         if pol is None:
             return x
         kind, n = pol
+        if kind == "resample" and s in self.raw and self.raw[s].waveform:
+            raise AvxError(
+                f"{s}: resample picks frames apart, which would splice the audio; use truncate or pad"
+            )
         if kind == "resample" and len(x):
             return x[np.round(np.linspace(0, len(x) - 1, n)).astype(int)]
         return x[:n]
 
     def fit_normalizer(self) -> Normalizer:
         norm = Normalizer()
-        acc: dict[str, list[np.ndarray]] = {s: [] for s in self.stream_names}
-        n = dict.fromkeys(self.stream_names, 0)
+        streams = [s for s in self.stream_names if s not in self.raw]  # raw: the model normalises
+        acc: dict[str, list[np.ndarray]] = {s: [] for s in streams}
+        n = dict.fromkeys(streams, 0)
         for feats, _, _ in self._iter_blocks(self.indices("train")):
             for s, seqs in feats.items():
+                if s in self.raw:
+                    continue
                 for f in seqs:
                     if f is None or not len(f):
                         continue
@@ -206,7 +236,7 @@ class FusionData(Selection):
                     acc[s][0] += f64.sum(0)
                     acc[s][1] += (f64**2).sum(0)
                     n[s] += len(f)
-        for s in self.stream_names:
+        for s in streams:
             if not n[s]:
                 raise AvxError(f"stream {s}: no training frames to normalise with")
             mean = acc[s][0] / n[s]

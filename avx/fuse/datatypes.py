@@ -97,6 +97,8 @@ class Batch:
     # each sample has that source's label ([B] bool).
     extra_targets: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    # End-to-end inputs still raw (crops, waveform): the model's front end encodes them.
+    raw: tuple[str, ...] = ()
 
     def to(self, device: str | torch.device) -> Batch:
         mv = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
@@ -110,6 +112,11 @@ class Batch:
             extra_targets=mv(self.extra_targets),
             extra_masks=mv(self.extra_masks),
         )
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory, for an asynchronous copy to the GPU."""
+        pin = lambda d: {k: v.pin_memory() for k, v in d.items()}  # noqa: E731
+        return replace(self, inputs=pin(self.inputs), masks=pin(self.masks), present=pin(self.present))
 
     def __len__(self) -> int:
         return len(self.ids)

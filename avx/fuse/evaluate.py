@@ -180,9 +180,11 @@ def predict(
     data_corrupted = getattr(data, "corrupted", {})  # face occlusion marks its frames here
     offset = 0
     for batch in data.batches(split, batch_size):
+        batch = batch.to(device)
+        if batch.raw:  # end-to-end: perturb the backbones' features, as for cached features
+            batch = model.encode_raw(batch)
         if perturbation is not None:
             batch = perturbation.apply(batch, gen)
-        batch = batch.to(device)
         out = model(batch)
         tm = batch.target_mask
         y = batch.targets[tm].cpu().numpy()

@@ -9,7 +9,8 @@ the clean crops of the first clip are re-encoded and compared with the stored fe
 never silently mixes two different feature extractors.
 
 Needs the ``faces`` stream, a visual backbone stream computed from it, and the run's
-features in memory.
+features in memory. An end-to-end run (``video/faces`` input) gets the occluded crops
+themselves, and its own fine-tuned backbone encodes them.
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def occluded_data(
         sel[start : start + k] = True
         chosen.append(sel)
     for s in visual:
+        if s in data.raw:  # end to end: the crops themselves, which the run's backbone encodes
+            feats = list(out.features[s])
+            corrupted = [None] * len(data.ids)
+            for i, crops, m in zip(idx, crops_all, chosen, strict=True):
+                hidden = crops.copy()
+                hidden[m] = occlude_crops(crops[m])
+                feats[i] = data._process(s, hidden, None, None)
+                corrupted[i] = data._length(s, m)
+            out.features[s], out.corrupted[s] = feats, corrupted
+            continue
         bb = _backbone(data, s, device)
         stored = data.streams[s]
         raws = stored.read_many(ids)  # one read per part, as the data layer reads

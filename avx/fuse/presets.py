@@ -35,6 +35,9 @@ class Preset(Card):
     method_config: dict[str, Any] = field(default_factory=dict)
     methods: tuple[str, ...] = ()
     extract: dict[str, Any] = field(default_factory=dict)
+    end_to_end: dict[str, Any] = field(default_factory=dict)
+    """:class:`~avx.fuse.end2end.EndToEndConfig` fields the recipe sets when a run is
+    trained ``--end-to-end`` (SFAV: crop augmentation, one learning rate throughout)."""
 
     columns = ("method", "settings", "features", "source")
 
@@ -86,11 +89,15 @@ def apply_preset(config: Any, name: str, explicit: set[str] = frozenset(), *, ph
         raise ValueError(f"preset {name}: unknown training field(s) {sorted(bad)}")
     train = {k: v for k, v in p.train.items() if k not in explicit}
     data = replace(config.data, **{k: v for k, v in p.data.items() if k not in explicit})
+    e2e = config.end_to_end
+    if e2e is not None:
+        e2e = replace(e2e, **{k: v for k, v in p.end_to_end.items() if k not in explicit})
     return replace(
         config,
         method=config.method if "method" in explicit else p.method,
         data=data,
         method_config={**p.method_config, **config.method_config},
+        end_to_end=e2e,
         **train,
     )
 
@@ -138,8 +145,9 @@ PRESETS.register(
             "SFAV (001) Sec. IV-1, RAVDESS: 15 face frames uniformly over 3.6 s, 224x224 MTCNN crops, "
             "EfficientFace features; audio cropped/padded to 3.6 s, 10 MFCCs at 22,050 Hz (156 frames at "
             "hop 512); SGD lr 0.04, momentum 0.9, weight decay 1e-3, 100 epochs, learning rate x0.1 on a "
-            "10-epoch plateau; batch 8 (before modality dropout expands it); five actor folds. Flip and "
-            "rotation augmentation belong to end-to-end training, not cached features"
+            "10-epoch plateau; batch 8 (before modality dropout expands it); five actor folds. End to end "
+            "(--end-to-end video=efficientface.sfav): EfficientFace trains with the fusion at the same SGD "
+            "learning rate, crops flipped and rotated by up to 10 degrees per clip"
         ),
         train={
             "optimizer": "sgd",
@@ -153,6 +161,7 @@ PRESETS.register(
             "gamma": 0.1,
         },
         data={"length": ("audio=pad:156", "video=pad:15")},
+        end_to_end={"augment": True, "backbone_lr": 0.04},
         extract={
             "backbone": ["efficientface.sfav", "mfcc.sfav"],
             "frames": 15,

@@ -40,6 +40,9 @@ from avx.store_schema import open_store
 FORMAT = 2
 """``model.json`` format; 1 was the pickled ``model.pt`` of avx <= 0.1 before this module."""
 
+BACKBONES = "backbones"
+"""Subfolder of an end-to-end run holding each fine-tuned backbone in its own format."""
+
 EXTRAS = ("run", "names", "stream_provenance", "avx_version", "torch_version")
 """Keys of ``config.json`` that describe the run rather than configure it."""
 
@@ -104,10 +107,14 @@ class FusionRun:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         m = self.model
+        state = m.state_dict()
+        front = m._modules.get("front_end")
+        end_to_end = None
+        if front is not None:  # backbones in their own formats: `avx extract --weights` reads them
+            end_to_end = front.export(path / BACKBONES)
+            state = front.head_state(state, "front_end.")
         save_tensors(
-            path / "model.safetensors",
-            m.state_dict(),
-            metadata={"format": "avx-run", "method": self.config.method},
+            path / "model.safetensors", state, metadata={"format": "avx-run", "method": self.config.method}
         )
         save_tensors(path / "normalizer.safetensors", self.normalizer.tensors())
         write_config(path, self.config, extras if extras is not None else self.extras)
@@ -122,6 +129,7 @@ class FusionRun:
                     "task": to_dict(m.task),
                     "names": list(self.names),
                     "threshold": self.threshold,
+                    **({"end_to_end": end_to_end} if end_to_end else {}),
                 }
             ),
         )
@@ -143,9 +151,21 @@ class FusionRun:
         method_config = from_dict(method_cls.config_class, b["method_config"])
         inputs = {s: from_dict(StreamInfo, i) for s, i in b["inputs"].items()}
         model = create_method(b["method"], inputs, from_dict(TaskSpec, b["task"]), config=method_config)
+        front = None
+        if b.get("end_to_end"):
+            from avx.fuse.end2end import EndToEndConfig, load_end_to_end
+
+            front = load_end_to_end(b["end_to_end"], path, config.end_to_end or EndToEndConfig(()), device)
+            model.attach_front_end(front)
         state = load_tensors(path / "model.safetensors")
         try:
-            model.load_state_dict(state)
+            if front is None:
+                model.load_state_dict(state)
+            else:  # the backbones' weights came from RUN/backbones/
+                missing, unexpected = model.load_state_dict(state, strict=False)
+                lacking = list(front.head_state(dict.fromkeys(missing), "front_end."))
+                if unexpected or lacking:
+                    raise RuntimeError(f"\nunexpected keys {unexpected[:3]}, missing keys {lacking[:3]}")
         except RuntimeError as e:
             first = " ".join(str(e).split("\n")[1:2]).strip()
             raise AvxError(
@@ -173,7 +193,11 @@ class FusionRun:
             replace(self.config.data, extra_labels=(), train_labels=None),
             align=METHODS.get(self.config.method).needs_alignment,
             keep_unlabelled=keep_unlabelled,
+            raw=self.config.end_to_end is not None,
         )
+        front = self.model._modules.get("front_end")
+        if front is not None:  # raw inputs: the method sees what the front end makes of them
+            data.info.update(front.infos)
         for s, info in data.info.items():
             if self.model.inputs[s] != info:
                 raise AvxError(

@@ -8,6 +8,9 @@ anything is read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from avx.corpora.protocols import SPLITS
@@ -25,6 +28,22 @@ def age_group(age: np.ndarray) -> np.ndarray:
     return np.where(~np.isfinite(a), "unknown", np.where(a < 30, "<30", np.where(a < 45, "30-44", "45+")))
 
 
+FACES_INPUT = "video/faces"
+"""The name the crop stream ``faces`` has among a run's inputs, so that the modality of
+every input is its prefix (``--length video=...``, ``--missing video``)."""
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """A raw end-to-end input: which stored stream, its per-frame shape and dtype as
+    batches carry it (the waveform is flattened to samples: shape ``()``)."""
+
+    stored: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    waveform: bool = False
+
+
 class Selection:
     """Which samples, streams, layers and targets a run uses: everything decided from
     the store's metadata and stream indices, before any feature is read.
@@ -40,9 +59,16 @@ class Selection:
     """
 
     def __init__(
-        self, store: FeatureStore, config: DataConfig, *, align: bool = False, keep_unlabelled: bool = False
+        self,
+        store: FeatureStore,
+        config: DataConfig,
+        *,
+        align: bool = False,
+        keep_unlabelled: bool = False,
+        raw: bool = False,
     ) -> None:
         self.store, self.config = store, config
+        self.raw_ok = raw
         if not config.streams:
             raise AvxError("select at least one stream (--streams)")
         self.targets_all: Targets = resolve_targets(
@@ -64,6 +90,7 @@ class Selection:
         self.streams: dict[str, Stream] = {}  # opened once: each open reads the stream's index
         self._layers: dict[str, list[int] | None] = {}
         self.info: dict[str, StreamInfo] = {}
+        self.raw: dict[str, RawInput] = {}
         for spec in self._of_modalities(config.streams):
             self._add_stream(spec)
         self.align = self._resolve_align(align)
@@ -116,12 +143,25 @@ class Selection:
 
     def _add_stream(self, spec: str) -> None:
         name, layers = parse_stream(spec)
+        if name in (S.FACES, FACES_INPUT) and self.raw_ok:
+            return self._add_raw(FACES_INPUT, S.FACES, layers)
         trainable = [n for n in self.store.streams if n != S.FACES]  # crops are not features
+        if name in (S.FACES, FACES_INPUT):
+            raise AvxError(
+                "faces is a crop stream; select features (video/<backbone>) instead, or train the"
+                " visual backbone end to end (--end-to-end video=BACKBONE)"
+            )
         if name not in self.store.streams:
             raise UnknownNameError("stream", name, trainable)
-        if name == S.FACES:
-            raise AvxError("faces is a crop stream; select features (video/<backbone>) instead")
-        st = self.streams[name] = self.store.stream(name)
+        st = self.store.stream(name)
+        if st.provenance.get("backbone") == "waveform":
+            if not self.raw_ok:
+                raise AvxError(
+                    f"{name} is raw audio; select features (audio/<backbone>) instead, or train a"
+                    " speech model end to end (--end-to-end audio=BACKBONE)"
+                )
+            return self._add_raw(name, name, layers)
+        self.streams[name] = st
         shape = st.spec.frame_shape
         axis = st.spec.layer_axis
         if axis is None:
@@ -146,8 +186,31 @@ class Selection:
         self.stream_names.append(name)
         self.info[name] = info
 
+    def _add_raw(self, name: str, stored: str, layers: str | None) -> None:
+        """A raw input of end-to-end training (crops, waveform): read as stored, neither
+        flattened nor normalised; its backbone turns it into features in the model."""
+        if stored not in self.store.streams:
+            what = "crops: extract with any visual backbone" if stored == S.FACES else "waveform"
+            raise AvxError(f"{self.store.url}: no '{stored}' stream ({what}) for end-to-end training")
+        if layers is not None:
+            raise AvxError(
+                f"{name}: a raw input has no layers; choose them with --backbone-opt audio:layers="
+            )
+        st = self.streams[name] = self.store.stream(stored)
+        waveform = stored != S.FACES
+        shape = () if waveform else tuple(st.spec.frame_shape)
+        self.raw[name] = RawInput(stored, shape, np.dtype(st.spec.dtype), waveform)
+        self._layers[name] = None
+        self.stream_names.append(name)
+        self.info[name] = StreamInfo(int(np.prod(shape)), 1, name.split("/")[0])
+
     def _resolve_align(self, method_needs: bool) -> str | None:
         a = self.config.align
+        if self.raw and (a is not None or method_needs or self.frame_level):
+            raise AvxError(
+                "end-to-end training takes per-sequence targets and does not align streams (--align,"
+                " per-frame fusion): raw inputs become features inside the model"
+            )
         if self.frame_level:
             if a not in (None, "labels"):
                 raise AvxError("per-frame targets align every stream to the label times (--align labels)")
@@ -173,7 +236,10 @@ class Selection:
         total = 0
         for s in self.stream_names:
             frames = int(self.streams[s].index.frames[self.rows][self.available[s]].sum())
-            total += frames * self.info[s].dim * self.info[s].layers * 4
+            if s in self.raw:
+                total += frames * int(np.prod(self.streams[s].spec.frame_shape)) * self.raw[s].dtype.itemsize
+            else:
+                total += frames * self.info[s].dim * self.info[s].layers * 4
         return total
 
     def _groups(self) -> dict[str, np.ndarray]:
@@ -184,6 +250,29 @@ class Selection:
                 out[g] = age_group(samples["age"].to_numpy())
             elif g in samples:
                 out[g] = samples[g].fillna("unknown").astype(str).to_numpy()
+        return out
+
+    def skip_training_without(self, streams: list[str]) -> dict[str, dict[str, Any]]:
+        """Take training clips lacking any of ``streams`` out of training (split
+        ``skipped``): end-to-end training cannot encode a clip whose crops or waveform
+        failed or are missing. Returns, per stream, how many and which, with reasons;
+        dev and test keep such clips (the stream is absent there, as in the cached path)."""
+        out: dict[str, dict[str, Any]] = {}
+        train = self.indices("train")
+        split = self.split.astype(f"<U{max(8, self.split.dtype.itemsize // 4)}")
+        for s in streams:
+            lack = train[~self.available[s][train]]
+            if not len(lack):
+                continue
+            failures = self.streams[s].failures
+            ids = [str(self.ids[i]) for i in lack]
+            out[s] = {
+                "n": len(ids),
+                "ids": ids,
+                "reasons": {i: failures.get(i, "not extracted") for i in ids},
+            }
+            split[lack] = "skipped"
+        self.split = split
         return out
 
     def indices(self, split: str) -> np.ndarray:

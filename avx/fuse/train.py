@@ -36,6 +36,7 @@ from avx.fuse.checkpoint import load_checkpoint, save_checkpoint
 from avx.fuse.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from avx.fuse.data import FusionData
 from avx.fuse.dropout import ModalityDropout
+from avx.fuse.end2end import EndToEnd, build_end_to_end, fit_statistics
 from avx.fuse.evaluate import (
     Predictions,
     ReportOptions,
@@ -50,6 +51,7 @@ from avx.fuse.evaluate import (
 )
 from avx.fuse.methods import METHODS, FusionMethod, create_method
 from avx.fuse.methods.base import TaskSpec, method_config
+from avx.fuse.prefetch import Prefetch
 from avx.fuse.run_files import CHECKPOINT_FOLDER, RUN_FILES, is_finished
 from avx.fuse.run_folder import FusionRun, read_config_extras, run_key, write_config
 from avx.fuse.targets import Targets
@@ -81,8 +83,22 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def build_optimizers(model: FusionMethod, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """One optimiser per :meth:`~FusionMethod.parameter_groups` group; end-to-end
+    backbone parameters form their own parameter group at ``backbone_lr``."""
     out = {}
-    for name, params in model.parameter_groups().items():
+    backbone = {id(p) for p in model.backbone_parameters()}
+    e2e = cfg.end_to_end
+    backbone_lr = cfg.lr / 10 if e2e is None or e2e.backbone_lr is None else e2e.backbone_lr
+    for name, group in model.parameter_groups().items():
+        params: list[dict[str, Any]] = [
+            {"params": ps, "lr": lr}
+            for ps, lr in (
+                ([p for p in group if id(p) not in backbone], cfg.lr),
+                ([p for p in group if id(p) in backbone], backbone_lr),
+            )
+            if ps
+        ]
+        params = params or group  # an empty group: torch's own error, as before
         if cfg.optimizer == "sgd":
             out[name] = torch.optim.SGD(
                 params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -216,10 +232,35 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.gen = seed_everything(config.seed)
         self.store = open_store(config.store)
-        self.data = FusionData(self.store, config.data, align=card.needs_alignment).load()
+        e2e = config.end_to_end
+        self.data = FusionData(self.store, config.data, align=card.needs_alignment, raw=e2e is not None)
+        self.front_end: EndToEnd | None = None
+        self.skipped: dict[str, dict[str, Any]] = {}
+        if e2e is not None:
+            if not self.data.raw:
+                raise AvxError(
+                    "--end-to-end trains backbones on raw inputs: add video/faces (crops) or"
+                    " audio/waveform to --streams"
+                )
+            self.front_end = build_end_to_end(
+                self.store, self.data.raw, e2e, config.device, modalities=config.data.modalities
+            )
+            self.data.info.update(self.front_end.infos)
+            self.skipped = self.data.skip_training_without(list(self.data.raw))
+            for s, sk in self.skipped.items():
+                first = next(iter(sk["reasons"].items()))
+                self.console.print(
+                    f"[yellow]warning[/]: {s}: {sk['n']} training clip(s) without it skipped in training"
+                    f" (e.g. {first[0]}: {first[1]}); counted in metrics.json",
+                    soft_wrap=True,
+                )
+        self.data.load()
         self.data.normalizer = self.data.fit_normalizer()  # training split only
         self.task = TaskSpec(config.data.task, len(self.data.names), self.data.frame_level)
         self.model = create_method(config.method, self.data.info, self.task, **config.method_config)
+        if self.front_end is not None:
+            self.model.attach_front_end(self.front_end)
+            self.front_end.set_generator(self.gen)
         self.model.to(config.device)
         self.dropout = ModalityDropout.parse(config.dropout, self.model.missing)
         # the loss trains on --train-labels (default --labels); selection and reports score --labels
@@ -302,12 +343,20 @@ class Trainer:
         train = self.data.indices("train")
         draws = len(train) if self.sample_weights is None else round(float(self.sample_weights[train].sum()))
         n_batches = max(1, math.ceil(draws / self.cfg.batch_size))
-        it = self.data.batches(
-            "train", self.cfg.batch_size, shuffle=True, generator=self.gen, sample_weights=self.sample_weights
-        )
+        it: Any = self.data.batches(
+            "train", self.cfg.batch_size, shuffle=True, generator=self._data_generator(),
+            sample_weights=self.sample_weights,
+        )  # fmt: skip
+        if self.front_end is not None:  # raw batches: read and decode ahead, in a thread
+            it = Prefetch(it, depth=2, pin=self.cfg.device.startswith("cuda"))
+        self.load_wait = 0.0
         for i, batch in enumerate(it):
             self.schedule.set(self.epoch + i / n_batches)
-            batch = self.dropout(batch.to(self.cfg.device), self.gen)
+            batch = batch.to(self.cfg.device)
+            if batch.raw:  # backbones first, so modality dropout acts on features as cached
+                with self._autocast():
+                    batch = self.model.encode_raw(batch)
+            batch = self.dropout(batch, self.gen)
             terms = self.model.training_step(
                 batch, self.objective, self.optimizers, self._step, self._autocast
             )
@@ -315,7 +364,27 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + v * len(batch)
             n += len(batch)
         self.model.end_epoch()
+        if isinstance(it, Prefetch):
+            self.load_wait = it.waited  # seconds training waited on data (benchmarks/end2end.py)
         return {f"train_{k}": v / max(n, 1) for k, v in totals.items()}
+
+    def _data_generator(self) -> torch.Generator:
+        """The generator that orders this epoch's training batches: the run's own, or
+        for end-to-end runs one seeded by (seed, epoch), because their batches are built
+        in a thread while the main thread draws dropout and augmentation."""
+        if self.front_end is None:
+            return self.gen
+        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self._global_epoch())
+
+    def fit_front_end(self) -> None:
+        """Measure the end-to-end features' training statistics once, before the first
+        epoch (a resumed run has them in its checkpoint)."""
+        if self.front_end is None or all(bool(self.front_end.of(s).fitted) for s in self.front_end.streams):
+            return
+        self.console.print("measuring the backbones' feature statistics on the training split")
+        fit_statistics(
+            self.front_end, self.data.batches("train", self.cfg.batch_size, shuffle=False), self.cfg.device
+        )
 
     # -- checkpoints ---------------------------------------------------------------------
     def _trainer_state(self) -> dict[str, Any]:
@@ -380,6 +449,7 @@ class Trainer:
     def fit(self, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         """Train every stage to ``epochs`` (or early stop), selecting on dev after every
         epoch; each stage starts from the previous stage's selected weights."""
+        self.fit_front_end()
         writer = _tensorboard(self.out) if self.cfg.tensorboard else None
         lines = PlainLines(self.console)  # one line per epoch when the output is a log
         total = self.cfg.epochs * len(self.stage_names)
@@ -500,6 +570,7 @@ class Trainer:
             "test": report(test, self.data, opts),
             "calibration": calibration(dev, test, self.data),
             "complexity": complexity(self.model, self.data, "test", dev_),
+            **({"end_to_end": self.end_to_end_report()} if self.front_end is not None else {}),
             "history": self.history,
             "seconds": round(time.time() - started, 2),
             "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in self.history])), 3)
@@ -510,6 +581,28 @@ class Trainer:
         write_json(self.out / "metrics.json", jsonable(metrics))
         self.run().save_pretrained(self.out, extras=self.config_extras())
         return metrics
+
+    def end_to_end_report(self) -> dict[str, Any]:
+        """What ``metrics.json`` says about the backbones: each one's source, freezing
+        and trainable size, and the training clips skipped for a missing raw input."""
+        assert self.front_end is not None
+        fe = self.front_end
+        return {
+            "backbones": {
+                s: {
+                    "backbone": d["backbone"],
+                    "source": d["source"],
+                    "freeze": d["freeze"],
+                    "trainable_parameters": sum(
+                        p.numel() for p in fe.of(s).net.parameters() if p.requires_grad
+                    ),
+                    "parameters": sum(p.numel() for p in fe.of(s).net.parameters()),
+                }
+                for s, d in fe.described.items()
+            },
+            "skipped_training_clips": {s: sk["n"] for s, sk in self.skipped.items()},
+            "skipped": self.skipped,
+        }
 
     def resolved_config(self) -> TrainConfig:
         """The config with the method's full config (defaults included), as ``config.json`` records it."""

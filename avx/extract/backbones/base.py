@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -143,8 +144,9 @@ class AudioBackbone(Backbone):
     sample_rate: int
 
     @abstractmethod
-    def __call__(self, waveform: np.ndarray, *, source: str = "") -> tuple[np.ndarray, np.ndarray]:
-        """``(features [T, ...], timestamps [T] in seconds)`` for one clip."""
+    def __call__(self, waveform: np.ndarray, *, source: str = "") -> tuple[np.ndarray, ...]:
+        """``(features [T, ...], timestamps [T] in seconds)`` for one clip, plus a dict of
+        per-frame arrays when the backbone declares ``fields`` (the waveform's ``samples``)."""
 
 
 class TextBackbone(Backbone):
@@ -201,10 +203,19 @@ class VisualBackbone(Backbone):
     @abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]: ...
 
-    def to_input(self, faces: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, S, S, 3]`` on the device -> normalised float ``[B, 3, size, size]``."""
+    def to_input(
+        self, faces: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """uint8 ``[B, S, S, 3]`` on the device -> normalised float ``[B, 3, size, size]``.
+
+        ``transform`` (end-to-end training's augmentation) acts on the scaled RGB crops
+        ``[B, 3, S, S]`` before colour order, resizing and normalisation, so augmented
+        crops are normalised exactly as extraction normalised them.
+        """
         p = self.preprocess
         x = faces.permute(0, 3, 1, 2).float() * p.scale
+        if transform is not None:
+            x = transform(x)
         if p.color == "BGR":
             x = x.flip(1)
         if x.shape[-1] != p.size or x.shape[-2] != p.size:
@@ -216,6 +227,19 @@ class VisualBackbone(Backbone):
                 mean, std = mean.flip(1), std.flip(1)
             x = (x - mean) / std
         return x
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """``self.model``'s weights under the keys this backbone's ``--weights FILE``
+        loader reads (a fine-tuned model saved this way re-extracts features)."""
+        return self.model.state_dict()
+
+    def export_weights(self, folder: Path) -> Path:
+        """Save the (fine-tuned) weights into ``folder``; returns the ``--weights`` path."""
+        from avx.serialization import save_tensors
+
+        path = Path(folder) / "model.safetensors"
+        save_tensors(path, {k: v.detach().cpu() for k, v in self.export_state().items()})
+        return path
 
     def runtime_provenance(self) -> dict[str, Any]:
         return {"preprocess": self.preprocess.describe(), "precision": self.runtime.precision}

@@ -105,6 +105,13 @@ class EfficientNetB2(VisualBackbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).flatten(1)
 
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """timm's keys, or torchvision's (``features.*``) for a model loaded from them."""
+        state = self.model.state_dict()
+        if self.layout == "torchvision":  # Sequential(features, pool): "0.*" are the features
+            return {f"features.{k.removeprefix('0.')}": v for k, v in state.items()}
+        return state
+
 
 BACKBONES.register(
     BackboneCard(

@@ -185,6 +185,17 @@ class SpeechSSL(AudioBackbone):
             "precision": "float32",
         }
 
+    def export_weights(self, folder: Path) -> Path:
+        """The (fine-tuned) model as a ``save_pretrained`` folder, with the feature
+        extractor's ``do_normalize``: ``--weights FOLDER`` loads it back."""
+        import transformers as tf
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.model.save_pretrained(folder)
+        tf.Wav2Vec2FeatureExtractor(do_normalize=self.normalize).save_pretrained(folder)
+        return Path(folder)
+
     def n_frames(self, n_samples: int) -> int:
         return 0 if n_samples < FIELD else 1 + (n_samples - FIELD) // STRIDE
 

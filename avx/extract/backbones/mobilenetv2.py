@@ -81,6 +81,10 @@ class MobileNetV2(VisualBackbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).mean(dim=(2, 3))
 
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """torchvision's layout (``features.*``): ``self.model`` is its ``features``."""
+        return {f"features.{k}": v for k, v in self.model.state_dict().items()}
+
 
 BACKBONES.register(
     BackboneCard(

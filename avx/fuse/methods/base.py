@@ -152,6 +152,40 @@ class FusionMethod(nn.Module):
             {_key(s): LayerMix(i.layers) for s, i in inputs.items() if i.layers > 1}
         )
 
+    # -- end-to-end training -------------------------------------------------------------
+    def __call__(self, batch: Batch, *args: Any, **kwargs: Any) -> Any:
+        """``forward`` on ``batch``, its raw inputs (crops, waveform) first encoded by the
+        end-to-end front end (:meth:`encode_raw`), so every caller gets it for free."""
+        if batch.raw:
+            batch = self.encode_raw(batch)
+        return super().__call__(batch, *args, **kwargs)
+
+    def attach_front_end(self, front_end: nn.Module) -> None:
+        """Put trainable backbones in front of the method (:mod:`avx.fuse.end2end`):
+        their parameters join :meth:`parameter_groups` and the state dict."""
+        self.front_end = front_end
+
+    def encode_raw(self, batch: Batch) -> Batch:
+        """``batch`` with its raw inputs replaced by the front end's features."""
+        front = self._modules.get("front_end")
+        if front is None:
+            raise AvxError(f"{', '.join(batch.raw)}: raw inputs, but this model has no end-to-end front end")
+        return front(batch)
+
+    def front_end_modules(self, stream: str | None = None) -> list[nn.Module]:
+        """The front end of ``stream`` (all of them when None); [] without one. Methods
+        that group or freeze parameters per stream (VAVL, two-stage) include these."""
+        front = self._modules.get("front_end")
+        if front is None:
+            return []
+        streams = front.streams if stream is None else [s for s in front.streams if s == stream]
+        return [front.of(s) for s in streams]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the end-to-end backbones (trained at ``--backbone-lr``)."""
+        front = self._modules.get("front_end")
+        return [] if front is None else front.backbone_parameters()
+
     def features(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``[B, T, D]`` per stream, multi-layer streams mixed by their learned weights."""
         return {s: self.stream_features(batch, s) for s in self.streams}

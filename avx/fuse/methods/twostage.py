@@ -195,6 +195,8 @@ class TwoStage(FusionMethod):
         self.stage = stage or None
         for m in self.unimodal_modules():
             m.requires_grad_(stage != STAGE2)
+        for fe in self.front_end_modules():  # end-to-end backbones: unimodal, as the branches
+            fe.set_trainable(stage != STAGE2)
         for m in self.joint_modules():
             m.requires_grad_(stage != STAGE1)
         self.train(self.training)
@@ -202,7 +204,7 @@ class TwoStage(FusionMethod):
     def train(self, mode: bool = True) -> TwoStage:
         super().train(mode)
         if self.stage == STAGE2:  # frozen layers run as they will at inference
-            for m in self.unimodal_modules():
+            for m in [*self.unimodal_modules(), *self.front_end_modules()]:
                 m.eval()
         return self
 

@@ -157,7 +157,7 @@ class Vavl(FusionMethod):
         mods = [self.proj[k], self.encoder[k], self.pool[k], self.head[k]]
         mods += [self.reconstruct[k]] if k in self.reconstruct else []
         mods += [self.layer_mix[k]] if k in self.layer_mix else []
-        return mods
+        return mods + self.front_end_modules(s)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """θ_m per stream (named by stream), θ_s (``shared``) and θ_av (``av``): one
