@@ -1,6 +1,7 @@
 """End-to-end training speed and memory against the cached-feature path, same store.
 
-Three trainers on the same clips and method (``late``), timed over one training epoch
+Three trainers on the same clips and method (``late``; ``unimodal`` with ``--audio
+none``), timed over one training epoch
 each (``Trainer.train_epoch``: reading, collating, forward, backward, step):
 
 1. cached: the visual backbone's stored features (``video/<backbone>``), the baseline;
@@ -19,7 +20,10 @@ Usage: uv run python benchmarks/end2end.py [--store avx-demo/demo.zarr] [--backb
        [--audio audio/mfcc] [--device cpu] [--batch-sizes 4,8,16]
 
 The store needs ``faces``, ``video/<backbone>`` and the audio stream: ``avx demo`` makes
-one (``mobilenetv2``, random init; the timings do not depend on the weights).
+one (``mobilenetv2``, random init; the timings do not depend on the weights). On a
+CPU, a smaller network keeps it to minutes: extract ``--backbone efficientface.sfav
+--weights efficientface.sfav=none --opt efficientface.sfav:size=112`` into the demo store
+and pass ``--backbone efficientface.sfav``.
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ from avx.fuse.train import TrainConfig, Trainer
 def _config(
     args: argparse.Namespace, streams: tuple[str, ...], e2e: EndToEndConfig | None, **kw
 ) -> TrainConfig:
+    streams = tuple(s for s in streams if s != "none")  # --audio none: the visual stream alone
     return TrainConfig(
         store=args.store,
-        method="late",
+        method="late" if len(streams) > 1 else "unimodal",
         data=DataConfig(streams=streams, memory_gb=0 if e2e is not None else 8.0),
         batch_size=kw.pop("batch_size", args.batch_size),
         device=args.device,
@@ -55,11 +60,13 @@ def _config(
     )
 
 
-def _epoch(cfg: TrainConfig, out: Path) -> tuple[float, int, float, Trainer]:
-    """(seconds, clips, seconds waited on data) of one training epoch (after a warm-up epoch)."""
+def _epoch(cfg: TrainConfig, out: Path, warm_up: bool = True) -> tuple[float, int, float, Trainer]:
+    """(seconds, clips, seconds waited on data, trainer) of one training epoch (after a
+    warm-up epoch unless ``warm_up`` is False)."""
     t = Trainer(cfg, out)
     t.fit_front_end()
-    t.train_epoch()  # warm-up: allocator, kernels, caches
+    if warm_up:
+        t.train_epoch()  # allocator, kernels, caches
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -75,7 +82,7 @@ def _memory(args: argparse.Namespace, batch_size: int) -> float:
     e2e = EndToEndConfig((f"video={args.backbone}",))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(args, ("video/faces", args.audio), e2e, batch_size=batch_size)
-        _epoch(cfg, Path(tmp))
+        _epoch(cfg, Path(tmp), warm_up=False)
         if args.device.startswith("cuda"):
             return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -85,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default="avx-demo/demo.zarr", help="run `avx demo` first for the default")
     ap.add_argument("--backbone", default="mobilenetv2")
-    ap.add_argument("--audio", default="audio/mfcc", help="the cached audio stream beside the video")
+    ap.add_argument("--audio", default="audio/mfcc", help="the cached audio stream beside the video, or none")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--batch-sizes", default="4,8,16")
@@ -109,9 +116,11 @@ def main() -> None:
                 )
         base = rows["cached features (baseline)"]
         t = rows["end to end, fine-tuned"][3]
-        frames = int(t.data.streams["video/faces"].index.frames[t.data.rows].sum())
+        train = t.data.rows[t.data.indices("train")]
+        frames = int(t.data.streams["video/faces"].index.frames[train].sum())
         print(
-            f"store {args.store}: {base[1]} training clips, {frames} crops; late; batch {args.batch_size}"
+            f"store {args.store}: {base[1]} training clips, {frames} crops; {t.cfg.method}; batch"
+            f" {args.batch_size}; streams {', '.join(t.data.stream_names)}"
         )
         print(f"{'':32s} {'s/epoch':>8s} {'clips/s':>8s} {'vs cached':>10s} {'waited on data':>15s}")
         for name, (sec, n, wait, _) in rows.items():

@@ -417,3 +417,25 @@ def test_every_speech_backbone_trains_end_to_end(arch: str, norm: str, tmp_path:
     y.sum().backward()
     assert all(p.grad is None for p in fe.net.feature_extractor.parameters())
     assert any(p.grad is not None for p in fe.net.encoder.parameters())
+
+
+def test_freezing_the_first_blocks(speech: dict[str, Path]) -> None:
+    """``--freeze N``: a visual network's first N top-level blocks, a speech model's CNN,
+    projection, positional convolution and first N transformer layers; nothing else."""
+    front = _front(speech["wavlm"], audio="wavlm", freeze="video=2,audio=1")
+    video, audio = front.of("video/faces").net, front.of("audio/waveform").net
+    blocks = list(video.children())
+    assert not any(p.requires_grad for b in blocks[:2] for p in b.parameters())
+    assert all(p.requires_grad for b in blocks[2:] for p in b.parameters())
+    frozen = {n for n, p in audio.named_parameters() if not p.requires_grad}
+    assert all(
+        n.startswith(
+            ("feature_extractor", "feature_projection", "encoder.pos_conv_embed", "encoder.layers.0.")
+        )
+        for n in frozen
+    )
+    assert any(n.startswith("encoder.layers.0.") for n in frozen) and not any(
+        n.startswith("encoder.layers.1.") for n in frozen
+    )
+    front.train()
+    assert not blocks[0].training and blocks[2].training and not audio.encoder.layers[0].training

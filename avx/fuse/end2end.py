@@ -203,9 +203,6 @@ class FrontEnd(nn.Module):
                     m.eval()
         return self
 
-    def trainable(self) -> bool:
-        return any(p.requires_grad for p in self.net.parameters())
-
     # -- forward -------------------------------------------------------------------------
     def features(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised features and their frame mask."""
@@ -298,7 +295,9 @@ class SpeechFrontEnd(FrontEnd):
             return [net.feature_extractor]
         if self.policy.isdigit():
             enc = net.encoder
-            embed = [enc.pos_conv_embed, *([enc.layer_norm] if not self.batched else [])]
+            # base models normalise the transformer input; large ones each layer's output
+            pre_norm = net.config.do_stable_layer_norm
+            embed = [enc.pos_conv_embed, *([] if pre_norm else [enc.layer_norm])]
             return [*front, *embed, *list(enc.layers)[: int(self.policy)]]
         return super().frozen_modules()
 

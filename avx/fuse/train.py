@@ -369,10 +369,13 @@ class Trainer:
         return {f"train_{k}": v / max(n, 1) for k, v in totals.items()}
 
     def _data_generator(self) -> torch.Generator:
-        """The generator that orders this epoch's training batches: the run's own, or
-        for end-to-end runs one seeded by (seed, epoch), because their batches are built
-        in a thread while the main thread draws dropout and augmentation."""
-        if self.front_end is None:
+        """The generator that orders this epoch's training batches. The run's own, unless
+        an end-to-end run streams its selection: its batches are built in a thread, and
+        streamed blocks are shuffled as they are read, while the main thread draws
+        dropout and augmentation; those get one seeded by (seed, epoch). (In memory, the
+        order is drawn before the first batch, while the main thread waits for it: same
+        draws, same order as the cached path, so frozen end to end trains the same.)"""
+        if self.front_end is None or self.data.in_memory:
             return self.gen
         return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self._global_epoch())
 
