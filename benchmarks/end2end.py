@@ -10,7 +10,7 @@ each (``Trainer.train_epoch``: reading, collating, forward, backward, step):
 3. end to end, fine-tuned (``--freeze none``).
 
 It prints clips/s of each and the ratio to the cached path; how long training waited
-on the background batch reader (:class:`avx.fuse.prefetch.Prefetch`) against the
+on the background batch reader (:class:`avx.prefetch.Prefetch`) against the
 epoch's length, and the reader alone (batches built without a model), to show that
 reading overlaps compute; and the peak memory of a fine-tuning epoch against batch
 size (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak RSS of a fresh process

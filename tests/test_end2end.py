@@ -439,3 +439,23 @@ def test_freezing_the_first_blocks(speech: dict[str, Path]) -> None:
     )
     front.train()
     assert not blocks[0].training and blocks[2].training and not audio.encoder.layers[0].training
+
+
+def test_prefetch_keeps_order_passes_errors_and_stops_early() -> None:
+    from avx.prefetch import Prefetch
+
+    assert list(Prefetch(range(7), depth=2)) == list(range(7))
+
+    def broken():
+        yield 1
+        raise ValueError("bad block")
+
+    it = Prefetch(broken())
+    with pytest.raises(ValueError, match="bad block"):
+        list(it)
+    early = Prefetch(iter(range(1000)), depth=1)
+    for x in early:
+        if x == 3:
+            break
+    early.thread.join(timeout=5)
+    assert not early.thread.is_alive() and early.waited >= 0

@@ -2,9 +2,9 @@
 
 Two pieces keep memory flat in a clip's length and a chunk's size:
 
-- :class:`WindowQueue` runs a clip's crop producer (decode + MTCNN, or reads of
-  committed crops) on a background thread, handing windows over a bounded queue: the
-  producer can run at most ``depth`` windows ahead of the backbones.
+- :class:`~avx.prefetch.BackgroundQueue` runs a clip's crop producer (decode + MTCNN,
+  or reads of committed crops) on a background thread, handing windows over a bounded
+  queue: the producer can run at most ``WINDOW_DEPTH`` windows ahead of the backbones.
 - :class:`VisualFeed` gathers those windows for one visual backbone and forwards full
   batches as soon as it has them, carrying the leftover frames to the next clip, so
   that only a chunk's very last batch is padded; features go to the stream's
@@ -13,10 +13,7 @@ Two pieces keep memory flat in a clip's length and a chunk's size:
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,55 +24,6 @@ from avx.store_schema.writer import PartBuilder
 
 WINDOW_DEPTH = 2
 """Windows a clip's background producer may hold ready before the backbones take them."""
-
-_END = object()
-
-
-class WindowQueue:
-    """Iterate ``produce()``'s windows, produced on a background thread ``depth`` ahead.
-
-    An exception in the producer is raised by the iterator at the same point of the
-    stream. :meth:`cancel` (or a consumer that stops early) releases a producer blocked
-    on a full queue, so an interrupted run never leaves a thread behind.
-    """
-
-    def __init__(self, depth: int = WINDOW_DEPTH) -> None:
-        self._q: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-
-    def fill(self, produce: Callable[[], Iterator[object]]) -> None:
-        """Run ``produce`` to the end (call on the background thread)."""
-        try:
-            for item in produce():
-                if not self._put(item):
-                    return
-            self._put(_END)
-        except BaseException as e:  # handed to the consumer, raised there
-            self._put(e)
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-    def __iter__(self) -> Iterator[object]:
-        try:
-            while True:
-                item = self._q.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self.cancel()
 
 
 @dataclass

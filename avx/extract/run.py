@@ -61,9 +61,10 @@ from avx.extract.backbones import (
 )
 from avx.extract.backbones.base import Runtime
 from avx.extract.faces import FACE_FIELDS, CropWindow, FaceConfig, FacePipeline
-from avx.extract.feed import VisualFeed, WindowQueue
+from avx.extract.feed import WINDOW_DEPTH, VisualFeed
 from avx.extract.media import Audio, decode_audio, iter_frames, resample
 from avx.memory import release_free_heap, tune_allocator
+from avx.prefetch import BackgroundQueue
 from avx.progress import PlainLines, clock
 from avx.serialization import to_dict
 from avx.store_schema import spec as S
@@ -378,7 +379,7 @@ class ChunkRunner:
         self._faces: Stream | None = None
         self.rates = sorted({b.sample_rate for b in self.audio})
         self.feeds: dict[str, VisualFeed] = {}
-        self._live: list[WindowQueue] = []  # this chunk's background crop producers
+        self._live: list[BackgroundQueue] = []  # this chunk's background crop producers
         self._queued = 0  # crops produced and not yet taken by the backbones
         self._queued_lock = threading.Lock()
         self.peak_crops_held = 0
@@ -458,24 +459,24 @@ class ChunkRunner:
             return
         audio_pool, video_pool = pools
         ahead = 2 * max(1, self.plan.options.decode_workers)
-        waiting: deque[tuple[Future[_Prepared], WindowQueue | None]] = deque()
+        waiting: deque[tuple[Future[_Prepared], BackgroundQueue | None]] = deque()
 
         def produce(prepared: Future[_Prepared]) -> Iterator[CropWindow]:
             video = prepared.result().video
             return self._counted(video) if video is not None else iter(())
 
-        def start(row: int) -> tuple[Future[_Prepared], WindowQueue | None]:
+        def start(row: int) -> tuple[Future[_Prepared], BackgroundQueue | None]:
             prepared = audio_pool.submit(self._prepare, row, task)
             if not self._needs_video(row, task):  # no producer thread for audio/text-only clips
                 return prepared, None
-            q = WindowQueue()
+            q = BackgroundQueue(WINDOW_DEPTH)
             self._live.append(q)
             # Submitted here, in row order: the pool starts producers oldest first, so
             # the clip the backbones wait for always has a thread.
             video_pool.submit(q.fill, lambda: produce(prepared))
             return prepared, q
 
-        def ready(item: tuple[Future[_Prepared], WindowQueue | None]) -> _Prepared:
+        def ready(item: tuple[Future[_Prepared], BackgroundQueue | None]) -> _Prepared:
             prep = item[0].result()
             if item[1] is None:
                 return prep

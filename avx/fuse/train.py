@@ -51,7 +51,6 @@ from avx.fuse.evaluate import (
 )
 from avx.fuse.methods import METHODS, FusionMethod, create_method
 from avx.fuse.methods.base import TaskSpec, method_config
-from avx.fuse.prefetch import Prefetch
 from avx.fuse.run_files import CHECKPOINT_FOLDER, RUN_FILES, is_finished
 from avx.fuse.run_folder import FusionRun, read_config_extras, run_key, write_config
 from avx.fuse.targets import Targets
@@ -62,6 +61,7 @@ from avx.fuse.tasks import (
     resampling_weights,
     tune_threshold,
 )
+from avx.prefetch import Prefetch
 from avx.progress import PlainLines
 from avx.serialization import save_tensors, to_dict, write_json
 from avx.store_schema import open_store
