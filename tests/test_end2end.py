@@ -459,3 +459,41 @@ def test_prefetch_keeps_order_passes_errors_and_stops_early() -> None:
             break
     early.thread.join(timeout=5)
     assert not early.thread.is_alive() and early.waited >= 0
+
+
+def test_aligned_crops_give_the_aligned_cached_features(e2e_store: Path, tmp_path: Path) -> None:
+    """Early fusion aligns every stream to the first one's clock: crops picked by nearest
+    time and then encoded equal the cached features aligned the same way; an aligned
+    waveform is refused (its frames exist only after the speech model)."""
+    store = open_store(e2e_store)
+    cached = FusionData(store, DataConfig(streams=("audio/mfcc", "video/efficientface")), align=True).load()
+    t = Trainer(
+        _config(
+            e2e_store,
+            "early",
+            ("audio/mfcc", "video/faces"),
+            backbones=("video=efficientface",),
+            freeze="all",
+        ),
+        tmp_path / "early",
+    )
+    t.fit_front_end()
+    idx = np.arange(min(8, len(t.data.ids)))
+    enc = t.model.front_end(t.data.collate(idx))
+    ref = cached.collate(idx)
+    assert torch.equal(enc.masks["video/faces"], ref.masks["video/efficientface"])
+    np.testing.assert_allclose(
+        enc.inputs["video/faces"], ref.inputs["video/efficientface"], atol=2e-3, rtol=1e-3
+    )
+    with pytest.raises(AvxError, match="audio/waveform cannot be aligned"):
+        Trainer(_config(e2e_store, "early"), tmp_path / "no")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [n for n in METHODS.names() if METHODS.get(n).needs_alignment])
+def test_aligning_methods_train_their_visual_backbone(method: str, e2e_store: Path, tmp_path: Path) -> None:
+    cfg = _config(e2e_store, method, ("audio/mfcc", "video/faces"), backbones=("video=efficientface",))
+    t = Trainer(cfg, tmp_path / method)
+    before = [p.detach().clone() for p in t.model.backbone_parameters()]
+    t.fit()
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.model.backbone_parameters(), strict=True))

@@ -29,6 +29,7 @@ samples within each block, so there is never one random read per sample.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,7 +172,7 @@ class FusionData(Selection):
         if x is None or not len(x):
             return None
         if s in self.raw:
-            return self._process_raw(s, x)
+            return self._process_raw(s, x, t, ref)
         x = np.asarray(x, np.float32)
         sel = self._layers[s]
         if sel is not None:
@@ -183,11 +184,14 @@ class FusionData(Selection):
             x = x.reshape(len(x), -1)
         return self.place(s, x, t, ref)
 
-    def _process_raw(self, s: str, x: np.ndarray | tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
-        """Crops as stored (the length policy picks frames), or the clip's samples (the
-        policy crops whole 20 ms frames, then the last frame's padding is dropped)."""
+    def _process_raw(self, s: str, x: Any, t: np.ndarray | None, ref: np.ndarray | None) -> np.ndarray | None:
+        """Crops as stored (nearest in time to ``ref`` when aligned, then the length
+        policy picks frames: what aligning their per-frame features would pick), or the
+        clip's samples (the policy crops whole 20 ms frames, then the last frame's
+        padding is dropped; a waveform is never aligned, see ``Selection``)."""
         if not self.raw[s].waveform:
-            return self._length(s, np.asarray(x))
+            crops = np.asarray(x)
+            return self._length(s, crops if ref is None else crops[nearest_index(ref, t)])
         frames, samples = x
         frames = self._length(s, frames)
         samples = samples[: len(frames)]
