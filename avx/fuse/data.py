@@ -189,9 +189,8 @@ class FusionData(Selection):
         policy picks frames: what aligning their per-frame features would pick), or the
         clip's samples (the policy crops whole 20 ms frames, then the last frame's
         padding is dropped; a waveform is never aligned, see ``Selection``)."""
-        if not self.raw[s].waveform:
-            crops = np.asarray(x)
-            return self._length(s, crops if ref is None else crops[nearest_index(ref, t)])
+        if not self.raw[s].waveform:  # (Selection refuses rate:R, which would average crops)
+            return self.place(s, np.asarray(x), t, ref)
         frames, samples = x
         frames = self._length(s, frames)
         samples = samples[: len(frames)]
@@ -228,10 +227,8 @@ class FusionData(Selection):
         acc: dict[str, list[np.ndarray]] = {s: [] for s in streams}
         n = dict.fromkeys(streams, 0)
         for feats, _, _ in self._iter_blocks(self.indices("train")):
-            for s, seqs in feats.items():
-                if s in self.raw:
-                    continue
-                for f in seqs:
+            for s in streams:
+                for f in feats[s]:
                     if f is None or not len(f):
                         continue
                     f64 = f.astype(np.float64)

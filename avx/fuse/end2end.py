@@ -57,6 +57,7 @@ from torch import nn
 
 from avx.errors import AvxError
 from avx.fuse.datatypes import Batch, StreamInfo
+from avx.fuse.methods.base import _key
 from avx.serialization import to_dict
 
 MODALITIES = ("audio", "video")
@@ -176,6 +177,7 @@ class FrontEnd(nn.Module):
         self.backbone = backbone  # the avx Backbone (preprocessing, export); not a module
         self.net: nn.Module = backbone.model
         self.info, self.policy, self.batchnorm = info, freeze, batchnorm
+        self.feature_shape = feature_shape
         self.register_buffer("mean", torch.zeros(feature_shape))
         self.register_buffer("std", torch.ones(feature_shape))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -234,7 +236,7 @@ class VisualFrontEnd(FrontEnd):
     def features(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = mask.shape
         flat = x[mask]
-        out = torch.zeros(b, t, self.info.dim, device=x.device)
+        out = torch.zeros(b, t, *self.feature_shape, device=x.device)
         if not len(flat):
             return out, mask
         transform = None
@@ -313,8 +315,7 @@ class SpeechFrontEnd(FrontEnd):
             x = (x - mean) / torch.sqrt(var + 1e-7) * mask
         frames = torch.where(lengths >= FIELD, 1 + (lengths - FIELD) // STRIDE, 0)
         t = max(1, int(frames.max()))
-        shape = (self.info.layers, self.info.dim) if self.info.layers > 1 else (self.info.dim,)
-        out = torch.zeros(len(x), t, *shape, device=x.device)
+        out = torch.zeros(len(x), t, *self.feature_shape, device=x.device)
         if self.batched:
             hs = self.net(x, attention_mask=mask.long(), output_hidden_states=True).hidden_states
             out[:, : hs[0].shape[1]] = self._stack(hs).float()
@@ -357,10 +358,6 @@ class EndToEnd(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for s in self.streams for p in self.of(s).net.parameters()]
 
-    def set_trainable(self, flag: bool) -> None:
-        for s in self.streams:
-            self.of(s).set_trainable(flag)
-
     def set_generator(self, generator: torch.Generator) -> None:
         for s in self.streams:
             fe = self.of(s)
@@ -384,10 +381,6 @@ class EndToEnd(nn.Module):
             path = self.of(s).backbone.export_weights(sub)
             out[s] = {**self.described[s], "weights": str(path.relative_to(folder.parent))}
         return out
-
-
-def _key(stream: str) -> str:
-    return stream.replace("/", "__").replace(".", "_")
 
 
 # -- building ----------------------------------------------------------------------------

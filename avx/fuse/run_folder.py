@@ -108,7 +108,7 @@ class FusionRun:
         path.mkdir(parents=True, exist_ok=True)
         m = self.model
         state = m.state_dict()
-        front = m._modules.get("front_end")
+        front = m.end_to_end
         end_to_end = None
         if front is not None:  # backbones in their own formats: `avx extract --weights` reads them
             end_to_end = front.export(path / BACKBONES)
@@ -195,7 +195,7 @@ class FusionRun:
             keep_unlabelled=keep_unlabelled,
             raw=self.config.end_to_end is not None,
         )
-        front = self.model._modules.get("front_end")
+        front = self.model.end_to_end
         if front is not None:  # raw inputs: the method sees what the front end makes of them
             data.info.update(front.infos)
         for s, info in data.info.items():

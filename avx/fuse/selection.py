@@ -143,15 +143,15 @@ class Selection:
 
     def _add_stream(self, spec: str) -> None:
         name, layers = parse_stream(spec)
-        if name in (S.FACES, FACES_INPUT) and self.raw_ok:
-            return self._add_raw(FACES_INPUT, S.FACES, layers)
-        trainable = [n for n in self.store.streams if n != S.FACES]  # crops are not features
         if name in (S.FACES, FACES_INPUT):
+            if self.raw_ok:
+                return self._add_raw(FACES_INPUT, S.FACES, layers)
             raise AvxError(
                 "faces is a crop stream; select features (video/<backbone>) instead, or train the"
                 " visual backbone end to end (--end-to-end video=BACKBONE)"
             )
         if name not in self.store.streams:
+            trainable = [n for n in self.store.streams if n != S.FACES]  # crops are not features
             raise UnknownNameError("stream", name, trainable)
         st = self.store.stream(name)
         if st.provenance.get("backbone") == "waveform":

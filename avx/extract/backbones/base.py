@@ -238,7 +238,7 @@ class VisualBackbone(Backbone):
         from avx.serialization import save_tensors
 
         path = Path(folder) / "model.safetensors"
-        save_tensors(path, {k: v.detach().cpu() for k, v in self.export_state().items()})
+        save_tensors(path, self.export_state())  # detached, on the CPU, contiguous
         return path
 
     def runtime_provenance(self) -> dict[str, Any]:

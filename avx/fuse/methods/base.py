@@ -160,6 +160,11 @@ class FusionMethod(nn.Module):
             batch = self.encode_raw(batch)
         return super().__call__(batch, *args, **kwargs)
 
+    @property
+    def end_to_end(self) -> Any:
+        """The attached end-to-end front end (:class:`~avx.fuse.end2end.EndToEnd`), or None."""
+        return self._modules.get("front_end")
+
     def attach_front_end(self, front_end: nn.Module) -> None:
         """Put trainable backbones in front of the method (:mod:`avx.fuse.end2end`):
         their parameters join :meth:`parameter_groups` and the state dict."""
@@ -167,7 +172,7 @@ class FusionMethod(nn.Module):
 
     def encode_raw(self, batch: Batch) -> Batch:
         """``batch`` with its raw inputs replaced by the front end's features."""
-        front = self._modules.get("front_end")
+        front = self.end_to_end
         if front is None:
             raise AvxError(f"{', '.join(batch.raw)}: raw inputs, but this model has no end-to-end front end")
         return front(batch)
@@ -175,7 +180,7 @@ class FusionMethod(nn.Module):
     def front_end_modules(self, stream: str | None = None) -> list[nn.Module]:
         """The front end of ``stream`` (all of them when None); [] without one. Methods
         that group or freeze parameters per stream (VAVL, two-stage) include these."""
-        front = self._modules.get("front_end")
+        front = self.end_to_end
         if front is None:
             return []
         streams = front.streams if stream is None else [s for s in front.streams if s == stream]
@@ -183,7 +188,7 @@ class FusionMethod(nn.Module):
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters of the end-to-end backbones (trained at ``--backbone-lr``)."""
-        front = self._modules.get("front_end")
+        front = self.end_to_end
         return [] if front is None else front.backbone_parameters()
 
     def features(self, batch: Batch) -> dict[str, torch.Tensor]:
