@@ -26,6 +26,7 @@ from avx.fuse.data import DataConfig, FusionData
 from avx.fuse.end2end import EndToEndConfig, build_end_to_end, clip_augmentation, fit_statistics
 from avx.fuse.methods import METHODS, create_method
 from avx.fuse.methods.base import TaskSpec
+from avx.fuse.occlusion import occluded_data
 from avx.fuse.run_folder import FusionRun
 from avx.fuse.tasks import Objective
 from avx.fuse.train import TrainConfig, Trainer, build_optimizers, train
@@ -461,39 +462,59 @@ def test_prefetch_keeps_order_passes_errors_and_stops_early() -> None:
     assert not early.thread.is_alive() and early.waited >= 0
 
 
-def test_aligned_crops_give_the_aligned_cached_features(e2e_store: Path, tmp_path: Path) -> None:
-    """Early fusion aligns every stream to the first one's clock: crops picked by nearest
-    time and then encoded equal the cached features aligned the same way; an aligned
-    waveform is refused (its frames exist only after the speech model)."""
-    store = open_store(e2e_store)
-    cached = FusionData(store, DataConfig(streams=("audio/mfcc", "video/efficientface")), align=True).load()
-    t = Trainer(
-        _config(
-            e2e_store,
-            "early",
-            ("audio/mfcc", "video/faces"),
-            backbones=("video=efficientface",),
-            freeze="all",
+@pytest.mark.parametrize(
+    ("raw", "cached", "length"),
+    [
+        (("audio/mfcc", "video/faces"), ("audio/mfcc", "video/efficientface"), ()),
+        (
+            ("audio/mfcc", "video/faces", "audio/waveform"),
+            ("audio/mfcc", "video/efficientface", "audio/wav2vec2@all"),
+            ("resample:7",),
         ),
-        tmp_path / "early",
-    )
+        (("audio/waveform", "video/faces"), ("audio/wav2vec2@all", "video/efficientface"), ("pad:40",)),
+    ],
+)
+def test_aligned_raw_inputs_give_the_aligned_cached_features(
+    e2e_store: Path, tmp_path: Path, raw: tuple, cached: tuple, length: tuple
+) -> None:
+    """Early fusion aligns every stream to the first one's clock: crops picked by nearest
+    time and then encoded, and the speech model's output frames picked by nearest time
+    from the whole clip, equal the cached features aligned the same way (either as the
+    reference or aligned to another stream, under a length policy)."""
+    store = open_store(e2e_store)
+    ref = FusionData(store, DataConfig(streams=cached, length=length), align=True).load()
+    backbones = ("video=efficientface", "audio=wav2vec2")[: len([s for s in raw if s != "audio/mfcc"])]
+    cfg = _config(e2e_store, "early", raw, backbones=backbones, freeze="all")
+    t = Trainer(replace(cfg, data=replace(cfg.data, length=length)), tmp_path / "early")
     t.fit_front_end()
     idx = np.arange(min(8, len(t.data.ids)))
     enc = t.model.front_end(t.data.collate(idx))
-    ref = cached.collate(idx)
-    assert torch.equal(enc.masks["video/faces"], ref.masks["video/efficientface"])
-    np.testing.assert_allclose(
-        enc.inputs["video/faces"], ref.inputs["video/efficientface"], atol=2e-3, rtol=1e-3
-    )
-    with pytest.raises(AvxError, match="audio/waveform cannot be aligned"):
-        Trainer(_config(e2e_store, "early"), tmp_path / "no")
+    theirs = ref.collate(idx)
+    for mine, cached_name in zip(raw, cached, strict=True):
+        cached_name = cached_name.split("@")[0]
+        assert torch.equal(enc.masks[mine], theirs.masks[cached_name]), mine
+        assert enc.inputs[mine].shape == theirs.inputs[cached_name].shape, mine
+        np.testing.assert_allclose(enc.inputs[mine], theirs.inputs[cached_name], atol=2e-3, rtol=1e-3)
+    # occluded crops are aligned like the clean ones: only the frames marked change
+    occ = occluded_data(t.data, 0.5, "train", seed=1)
+    i = next(i for i in idx if occ.corrupted["video/faces"][i] is not None)
+    hidden = t.model.front_end(occ.collate(np.array([i]))).inputs["video/faces"][0]
+    clean = enc.inputs["video/faces"][list(idx).index(i)]
+    marked = torch.from_numpy(occ.corrupted["video/faces"][i])
+    assert len(marked) == int(enc.masks["video/faces"][list(idx).index(i)].sum()) and marked.any()
+    changed = (hidden[: len(marked)] - clean[: len(marked)]).abs().amax(-1) > 1e-4
+    assert torch.equal(changed, marked)
+    with pytest.raises(AvxError, match="rate:R would average raw inputs"):
+        Trainer(replace(cfg, data=replace(cfg.data, align="rate:10")), tmp_path / "no")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [n for n in METHODS.names() if METHODS.get(n).needs_alignment])
-def test_aligning_methods_train_their_visual_backbone(method: str, e2e_store: Path, tmp_path: Path) -> None:
-    cfg = _config(e2e_store, method, ("audio/mfcc", "video/faces"), backbones=("video=efficientface",))
-    t = Trainer(cfg, tmp_path / method)
-    before = [p.detach().clone() for p in t.model.backbone_parameters()]
+def test_aligning_methods_train_both_backbones(method: str, e2e_store: Path, tmp_path: Path) -> None:
+    """``early`` and ``cold`` (streams on one clock) fine-tune EfficientFace and wav2vec2."""
+    t = Trainer(_config(e2e_store, method, ("audio/waveform", "video/faces")), tmp_path / method)
+    front = t.model.end_to_end
+    before = {s: [p.detach().clone() for p in front.of(s).net.parameters()] for s in front.streams}
     t.fit()
-    assert any(not torch.equal(a, p) for a, p in zip(before, t.model.backbone_parameters(), strict=True))
+    for s, ps in before.items():
+        assert any(not torch.equal(a, p) for a, p in zip(ps, front.of(s).net.parameters(), strict=True)), s

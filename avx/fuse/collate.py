@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from avx.fuse.datatypes import Batch, Normalizer
+from avx.fuse.datatypes import AlignedRaw, Batch, Normalizer
 from avx.fuse.selection import Selection
 from avx.fuse.targets import Targets
 
@@ -22,13 +22,22 @@ def collate(
     Features are normalised with ``norm``, padded at the end to the longest sample (or
     to a ``pad:N``/``resample:N`` length), with masks of the real frames and a presence
     flag per stream; targets come per sequence from the selection or per frame from
-    ``tgts`` (-1 / NaN frames are masked out).
+    ``tgts`` (-1 / NaN frames are masked out). Raw inputs stay as stored; aligned ones
+    also give the backbone output frames to hand on (``frame_index``, see AlignedRaw).
     """
-    inputs, masks, present = {}, {}, {}
+    inputs, masks, present, frame_index = {}, {}, {}, {}
     b = len(idx)
     fixed = {s: n for s, (k, n) in sel.length.items() if k in ("pad", "resample")}
     for s in sel.stream_names:
         seqs = feats[s]
+        if sel.align is not None and s in sel.raw:
+            lengths = [0 if f is None else len(f.frames) for f in seqs]
+            index = np.full((b, fixed.get(s) or max(1, *lengths)), -1, np.int64)
+            for j, f in enumerate(seqs):
+                if isinstance(f, AlignedRaw):
+                    index[j, : len(f.frames)] = f.frames
+            frame_index[s] = torch.from_numpy(index)
+            seqs = [None if f is None else f.data for f in seqs]
         lengths = [0 if f is None else len(f) for f in seqs]
         raw = sel.raw.get(s)
         # a waveform's length is in samples: its backbone decides how many frames it makes
@@ -79,6 +88,7 @@ def collate(
         extra_targets=extra,
         extra_masks=extra_masks,
         raw=tuple(s for s in sel.stream_names if s in sel.raw),
+        frame_index=frame_index,
     )
 
 

@@ -35,12 +35,14 @@ import numpy as np
 import torch
 
 from avx.errors import AvxError
+from avx.extract.backbones.hf_audio import frame_times
 from avx.extract.backbones.waveform import SAMPLES as WAVEFORM_SAMPLES
 from avx.extract.backbones.waveform import waveform_of
 from avx.fuse.collate import collate
 from avx.fuse.datatypes import (
     BLOCK_SAMPLES,
     DEMOGRAPHICS,
+    AlignedRaw,
     Batch,
     DataConfig,
     Normalizer,
@@ -133,9 +135,12 @@ class FusionData(Selection):
             ok = [i for i in idx if self.available[s][i]]
             ids = [self.ids[i] for i in ok]
             data = st.read_many(ids) if ids else []
-            if ids and s in self.raw and self.raw[s].waveform:  # (data, real samples per frame)
-                data = list(zip(data, st.read_many(ids, WAVEFORM_SAMPLES), strict=True))
             ts = st.read_many(ids, S.TIMESTAMPS) if ids and self.align else [None] * len(ids)
+            if ids and s in self.raw and self.raw[s].waveform:  # (data, real samples per frame)
+                counts = st.read_many(ids, WAVEFORM_SAMPLES)
+                data = list(zip(data, counts, strict=True))
+                if self.align:  # on the speech model's clock, the frames the method sees
+                    ts = [frame_times(int(c.sum())) for c in counts]
             pos = {i: k for k, i in enumerate(ok)}
             raw[s] = [data[pos[i]] if i in pos else None for i in idx]
             times[s] = [ts[pos[i]] if i in pos else None for i in idx]
@@ -184,17 +189,32 @@ class FusionData(Selection):
             x = x.reshape(len(x), -1)
         return self.place(s, x, t, ref)
 
-    def _process_raw(self, s: str, x: Any, t: np.ndarray | None, ref: np.ndarray | None) -> np.ndarray | None:
-        """Crops as stored (nearest in time to ``ref`` when aligned, then the length
-        policy picks frames: what aligning their per-frame features would pick), or the
-        clip's samples (the policy crops whole 20 ms frames, then the last frame's
-        padding is dropped; a waveform is never aligned, see ``Selection``)."""
-        if not self.raw[s].waveform:  # (Selection refuses rate:R, which would average crops)
-            return self.place(s, np.asarray(x), t, ref)
+    def _process_raw(
+        self, s: str, x: Any, t: np.ndarray | None, ref: np.ndarray | None
+    ) -> np.ndarray | AlignedRaw | None:
+        """Unaligned, the crops or the clip's samples the length policy keeps (on a
+        waveform it crops whole 20 ms frames, then the last frame's padding is dropped).
+        Aligned, an :class:`AlignedRaw`: the crops picked or the whole clip, and the
+        backbone output frames nearest in time to ``ref`` under the length policy
+        (``t``: the crops' times, or the speech model's frame times)."""
+        waveform = self.raw[s].waveform
+        if ref is not None:
+            if t is None or not len(t):  # a clip shorter than one speech frame
+                return None
+            picked = self._length(s, nearest_index(ref, t))
+            if waveform:
+                return AlignedRaw(waveform_of(np.asarray(x[0], np.float32), x[1]), picked)
+            used, frames = np.unique(picked, return_inverse=True)
+            return AlignedRaw(np.asarray(x)[used], frames.reshape(-1))
+        if not waveform:
+            return self._length(s, np.asarray(x))
+        if self.length.get(s, ("",))[0] == "resample":
+            raise AvxError(
+                f"{s}: resample picks frames apart, which would splice the audio; use truncate or pad"
+            )
         frames, samples = x
         frames = self._length(s, frames)
-        samples = samples[: len(frames)]
-        wav = waveform_of(np.asarray(frames, np.float32), samples)
+        wav = waveform_of(np.asarray(frames, np.float32), samples[: len(frames)])
         return wav if len(wav) else None
 
     def place(self, s: str, x: np.ndarray, t: np.ndarray | None, ref: np.ndarray | None) -> np.ndarray:
@@ -213,10 +233,6 @@ class FusionData(Selection):
         if pol is None:
             return x
         kind, n = pol
-        if kind == "resample" and s in self.raw and self.raw[s].waveform:
-            raise AvxError(
-                f"{s}: resample picks frames apart, which would splice the audio; use truncate or pad"
-            )
         if kind == "resample" and len(x):
             return x[np.round(np.linspace(0, len(x) - 1, n)).astype(int)]
         return x[:n]

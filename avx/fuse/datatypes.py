@@ -80,6 +80,20 @@ class StreamInfo:
     modality: str = "audio"
 
 
+@dataclass(frozen=True)
+class AlignedRaw:
+    """A raw input aligned to another stream's clock: the frames its backbone encodes
+    and which of the backbone's output frames each aligned frame takes (the frame
+    nearest in time, after the length policy: what aligning its cached features picks).
+
+    Crops: each crop picked, once (a 25 fps video aligned to 50 Hz audio picks each
+    crop twice; it is encoded once). Waveform: the whole clip, since a speech model's
+    frames exist only after the model and each sees its context."""
+
+    data: np.ndarray  # crops [N, S, S, 3] or samples [N]
+    frames: np.ndarray  # [T] int, indices into the backbone's output frames
+
+
 @dataclass
 class Batch:
     """A padded batch. ``inputs[s]`` is ``[B, T, D]`` (``[B, T, L, D]`` with layers)."""
@@ -99,6 +113,9 @@ class Batch:
     extra_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     # End-to-end inputs still raw (crops, waveform): the model's front end encodes them.
     raw: tuple[str, ...] = ()
+    # Aligned raw inputs: which of the backbone's output frames each aligned frame
+    # takes, [B, T] long, -1 = padding (see AlignedRaw).
+    frame_index: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: str | torch.device) -> Batch:
         mv = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
@@ -111,12 +128,19 @@ class Batch:
             target_mask=self.target_mask.to(device),
             extra_targets=mv(self.extra_targets),
             extra_masks=mv(self.extra_masks),
+            frame_index=mv(self.frame_index),
         )
 
     def pin_memory(self) -> Batch:
         """The batch in page-locked memory, for an asynchronous copy to the GPU."""
         pin = lambda d: {k: v.pin_memory() for k, v in d.items()}  # noqa: E731
-        return replace(self, inputs=pin(self.inputs), masks=pin(self.masks), present=pin(self.present))
+        return replace(
+            self,
+            inputs=pin(self.inputs),
+            masks=pin(self.masks),
+            present=pin(self.present),
+            frame_index=pin(self.frame_index),
+        )
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -63,6 +63,7 @@ from avx.serialization import to_dict
 MODALITIES = ("audio", "video")
 FREEZE = ("none", "all", "feature-extractor")
 ROTATION_DEGREES = 10.0
+NO_GRAD_CHUNK = 256  # crops per visual forward pass when nothing needs their gradients
 
 
 @dataclass(frozen=True)
@@ -243,13 +244,19 @@ class VisualFrontEnd(FrontEnd):
         if self.augment and self.training:
             clip = torch.arange(b, device=x.device).view(b, 1).expand(b, t)[mask]
             transform = clip_augmentation(clip, b, self.generator)
-        inp = self.backbone.to_input(flat, transform)
+        # Without gradients (evaluation, the feature statistics) memory need not grow
+        # with the batch: encode in chunks. With them, the activations are kept anyway.
+        n = len(flat) if torch.is_grad_enabled() or transform is not None else NO_GRAD_CHUNK
+        out[mask] = torch.cat([self._encode(flat[a : a + n], transform) for a in range(0, len(flat), n)])
+        return out, mask
+
+    def _encode(self, crops: torch.Tensor, transform: Any) -> torch.Tensor:
+        inp = self.backbone.to_input(crops, transform)
         if self.channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         y = self.backbone.forward(inp)
         y = y["features"] if isinstance(y, dict) else y
-        out[mask] = y.float().reshape(len(flat), -1)
-        return out, mask
+        return y.float().reshape(len(crops), -1)
 
 
 def clip_augmentation(
@@ -331,6 +338,18 @@ class SpeechFrontEnd(FrontEnd):
         return y[:, :, 0] if len(self.layers) == 1 else y
 
 
+def _gather_frames(
+    y: torch.Tensor, m: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames ``index`` ([B, T], -1 = padding) of features ``y`` ([B, T', ...]) and their
+    mask: a frame is real where it is picked and the model made it."""
+    index = index.to(y.device)
+    pick = index.clamp(0, y.shape[1] - 1)
+    ok = (index >= 0) & (index < y.shape[1]) & m.gather(1, pick)
+    out = y.gather(1, pick.view(*pick.shape, *[1] * (y.dim() - 2)).expand(-1, -1, *y.shape[2:]))
+    return out * ok.view(*ok.shape, *[1] * (y.dim() - 2)), ok
+
+
 class EndToEnd(nn.Module):
     """The run's front ends, one per raw input: ``forward(batch)`` returns the batch the
     method reads (features in place of crops and waveforms, their masks and presence)."""
@@ -352,6 +371,8 @@ class EndToEnd(nn.Module):
         inputs, masks, present = dict(batch.inputs), dict(batch.masks), dict(batch.present)
         for s in batch.raw:
             y, m = self.of(s)(batch.inputs[s], batch.masks[s])
+            if s in batch.frame_index:  # aligned: hand on the frames picked (AlignedRaw)
+                y, m = _gather_frames(y, m, batch.frame_index[s])
             inputs[s], masks[s], present[s] = y, m, present[s] & m.any(1)
         return replace(batch, inputs=inputs, masks=masks, present=present, raw=())
 
@@ -515,6 +536,8 @@ def fit_statistics(front: EndToEnd, batches: Iterable[Batch], device: str = "cpu
         batch = batch.to(device)
         for s in front.streams:
             y, m = front.of(s).features(batch.inputs[s], batch.masks[s])
+            if s in batch.frame_index:  # the frames the method will see
+                y, m = _gather_frames(y, m, batch.frame_index[s])
             v = y[m].double()
             if s not in acc:
                 acc[s] = [torch.zeros(v.shape[1:], dtype=torch.float64, device=v.device)] * 2

@@ -90,11 +90,13 @@ def occluded_data(
         if s in data.raw:  # end to end: the crops themselves, which the run's backbone encodes
             feats = list(out.features[s])
             corrupted = [None] * len(data.ids)
-            for i, crops, m in zip(idx, crops_all, chosen, strict=True):
+            times_all = faces.read_many(ids, S.TIMESTAMPS) if data.align else [None] * len(ids)
+            for i, crops, m, times in zip(idx, crops_all, chosen, times_all, strict=True):
                 hidden = crops.copy()
                 hidden[m] = occlude_crops(crops[m])
-                feats[i] = data._process(s, hidden, None, None)
-                corrupted[i] = data._length(s, m)
+                ref = data.ref_times[i] if data.align else None
+                feats[i] = data._process(s, hidden, times, ref)  # aligned as the clean crops
+                corrupted[i] = data.place(s, m, times, ref)
             out.features[s], out.corrupted[s] = feats, corrupted
             continue
         bb = _backbone(data, s, device)

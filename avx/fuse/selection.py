@@ -206,19 +206,10 @@ class Selection:
 
     def _resolve_align(self, method_needs: bool) -> str | None:
         a = self.config.align
-        if self.raw and (a is not None or method_needs or self.frame_level):
-            # Crops aligned by nearest time, then encoded frame by frame, are the aligned
-            # cached features; a speech model's frames exist only after the model, and
-            # average pooling (rate:R) cannot act on crops.
-            if any(r.waveform for r in self.raw.values()):
-                raise AvxError(
-                    "end-to-end audio/waveform cannot be aligned (--align, per-frame fusion or targets):"
-                    " the speech model's frames come out of the model; use cached audio features"
-                )
-            if a is not None and a.startswith("rate:"):
-                raise AvxError(
-                    "end to end, --align rate:R would average face crops; align to a stream or labels"
-                )
+        if self.raw and a is not None and a.startswith("rate:"):
+            # Crops aligned by nearest time and a speech model's output frames picked by
+            # nearest time are the aligned cached features; averaging (rate:R) is not.
+            raise AvxError("end to end, --align rate:R would average raw inputs; align to a stream or labels")
         if self.frame_level:
             if a not in (None, "labels"):
                 raise AvxError("per-frame targets align every stream to the label times (--align labels)")

@@ -47,6 +47,13 @@ STRIDE, FIELD = 320, 400  # total CNN stride and receptive field in samples (all
 Arch = Literal["wav2vec2", "wavlm", "hubert"]
 
 
+def frame_times(n_samples: int) -> np.ndarray:
+    """Times (s) of the frames a speech model makes from ``n_samples`` at 16 kHz: the
+    centre of each 25 ms receptive field, 20 ms apart (none under one field)."""
+    n = 0 if n_samples < FIELD else 1 + (n_samples - FIELD) // STRIDE
+    return (np.arange(n) * STRIDE + FIELD / 2) / SAMPLE_RATE
+
+
 @dataclass(frozen=True)
 class SpeechSSLConfig:
     """Which model family, which hidden states, and how long audio is windowed.
@@ -197,7 +204,7 @@ class SpeechSSL(AudioBackbone):
         return Path(folder)
 
     def n_frames(self, n_samples: int) -> int:
-        return 0 if n_samples < FIELD else 1 + (n_samples - FIELD) // STRIDE
+        return len(frame_times(n_samples))
 
     @torch.inference_mode()
     def _forward(self, wav: np.ndarray) -> np.ndarray:
@@ -229,8 +236,7 @@ class SpeechSSL(AudioBackbone):
                 b = min(n, f1 + ctx)
                 chunk = self._forward(wav[a * STRIDE : (b - 1) * STRIDE + FIELD])
                 feats[f0:f1] = chunk[f0 - a : f1 - a]
-        times = (np.arange(n) * STRIDE + FIELD / 2) / SAMPLE_RATE
-        return feats[:n], times
+        return feats[:n], frame_times(len(wav))
 
 
 def _card(name: str, arch: Arch, default: str, shape: str, paper: str) -> BackboneCard:
