@@ -1009,6 +1009,85 @@ def fuse_plot(
     out.print(f"wrote {plot_frames(frames, sample_id, out_path, output=output)}")
 
 
+@fuse_app.command("sweep")
+def fuse_sweep(
+    path: Annotated[Path, typer.Argument(help="The sweep spec (TOML); with --status, the sweep folder.")],
+    out_dir: Annotated[Opt[Path], typer.Option("--out", help="Sweep folder (cells, sweep.json).")] = None,
+    status: Annotated[
+        bool, typer.Option("--status", help="Print counts of done, failed and pending cells.")
+    ] = False,
+    workers: Annotated[
+        Opt[int],
+        typer.Option(help="Local Dask workers, one cell and one GPU each (default: the spec's, or 1)."),
+    ] = None,
+    scheduler: Annotated[Opt[str], typer.Option(help="An existing Dask scheduler, tcp://HOST:PORT.")] = None,
+    slurm: Annotated[
+        bool, typer.Option(help="Run cells as Slurm jobs (dask-jobqueue; pip install 'avx[cluster]').")
+    ] = False,
+    slurm_opt: Annotated[
+        Opt[list[str]],
+        typer.Option(help="Slurm option KEY=VALUE: queue, gpus, memory, walltime, cores, account, jobs."),
+    ] = None,
+    override: Annotated[
+        Opt[list[str]],
+        typer.Option(help="Change the spec: TABLE.KEY=VALUE (TOML value), e.g. train.epochs=20."),
+    ] = None,
+) -> None:
+    """Run a sweep: every method x streams x labels x grid value x trial of SPEC as an ordinary
+    run folder, on Dask; re-running resumes (finished cells are skipped)."""
+    from avx.fuse.sweep.execute import run_sweep
+    from avx.fuse.sweep.execute import status as sweep_status
+    from avx.fuse.sweep.spec import load_spec
+
+    if status:
+        st = sweep_status(path)
+        out.print(
+            f"{path}: {st['cells']} cells: {st['done']} done, {st['failed']} failed, {st['pending']} pending"
+        )
+        for f in st["failures"]:
+            out.print(f"  failed {f['cell']}: {f['error']}", highlight=False, soft_wrap=True)
+        return
+    if out_dir is None:
+        raise AvxError("give --out SWEEP (the folder the cells go in)")
+    spec = load_spec(path, override or ())
+    _threads(None)
+    st = run_sweep(
+        spec, out_dir, workers=workers, scheduler=scheduler,
+        slurm=_kv(slurm_opt) if slurm else None,
+        console=err,
+    )  # fmt: skip
+    out.print(
+        f"{out_dir}: {st['cells']} cells: {st['done']} done, {st['failed']} failed, {st['pending']} pending"
+    )
+    for f in st["failures"]:
+        out.print(f"  failed {f['cell']}: {f['error']}", highlight=False, soft_wrap=True)
+
+
+@fuse_app.command("report")
+def fuse_report(
+    sweep: Annotated[Path, typer.Argument(help="A sweep folder (avx fuse sweep --out).")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for results.md/.csv, report.html, provenance.json.")
+    ],
+    reference: Annotated[
+        Opt[str], typer.Option(help="Method the t-tests compare against (default: the spec's).")
+    ] = None,
+    metric: Annotated[
+        Opt[str], typer.Option(help="Table metric (default: the spec's, or the task's headline).")
+    ] = None,
+    n_boot: Annotated[
+        Opt[int], typer.Option(help="Bootstrap resamples per table cell (default 1000).")
+    ] = None,
+) -> None:
+    """A sweep's results as a paper prints them: results.md and results.csv (mean ± std, bootstrap
+    interval, Holm-corrected paired t-tests), a self-contained report.html, provenance.json."""
+    from avx.fuse.sweep.report import write_report
+
+    files = write_report(sweep, out_dir, reference=reference, metric=metric, n_boot=n_boot)
+    out.print(files["results.md"].read_text(), highlight=False, soft_wrap=True, markup=False)
+    out.print(f"wrote {', '.join(str(f) for f in files.values())}", soft_wrap=True)
+
+
 @fuse_app.command("presets")
 def fuse_presets() -> None:
     """Recipes from the papers: method, settings, features, source (= `avx list presets`)."""

@@ -419,16 +419,22 @@ def jsonable(x: Any) -> Any:
 
 
 def write_predictions(
-    path: Path, preds: dict[str, Predictions], data: FusionData, threshold: float | None
+    path: Path,
+    preds: dict[str, Predictions],
+    data: FusionData,
+    threshold: float | None,
+    *,
+    column: str = "split",
 ) -> pd.DataFrame:
     """One row per sample (per frame for per-frame targets): target, fused and per-stream
-    outputs (probabilities or values), the decision, and fusion weights when present."""
+    outputs (probabilities or values), the decision, and fusion weights when present.
+    ``preds`` are keyed by split (or, ``column="setting"``, by evaluation setting)."""
     frames = []
     for split, p in preds.items():
         if not len(p.y):
             continue
         probs = probabilities(p.scores, data.task)
-        df = pd.DataFrame({"id": np.asarray(p.ids)[p.owner], "split": split})
+        df = pd.DataFrame({"id": np.asarray(p.ids)[p.owner], column: split})
         if data.frame_level:
             df["frame"] = np.concatenate([np.arange(len(r)) for r in p.sample_rows()])
         _columns(df, "target", p.y, data.names)

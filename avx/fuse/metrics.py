@@ -335,12 +335,29 @@ def bootstrap_scorer(
     product per block of replicates instead of one scikit-learn call per replicate
     (1,000 replicates: ~0.1 s instead of ~25 s). Needs the scorer's ``resampled`` form.
     """
+    return percentile_interval(bootstrap_replicates(name, y, pred, owner, n, n_boot=n_boot, seed=seed), alpha)
+
+
+def bootstrap_replicates(
+    name: str,
+    y: np.ndarray,
+    pred: np.ndarray,
+    owner: np.ndarray,
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Scorer ``name`` on each of :func:`bootstrap_scorer`'s replicates, ``[n_boot]``.
+    The same ``n`` and ``seed`` draw the same samples, so replicates of several
+    conditions scored on the same clips can be combined (a mean over conditions)."""
     scorer = SCORERS[name]
     if scorer.resampled is None:
         raise ValueError(f"metric '{name}' has no resampled form")
     stats_ = scorer.resampled[0](y, pred, np.asarray(owner), n)
-    vals = [scorer.resampled[1](counts @ stats_) for counts in replicate_counts(n, n_boot, seed)]
-    return percentile_interval(np.concatenate(vals), alpha)
+    return np.concatenate(
+        [scorer.resampled[1](counts @ stats_) for counts in replicate_counts(n, n_boot, seed)]
+    )
 
 
 def replicate_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
@@ -508,6 +525,22 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> float:
     if np.allclose(a, b):
         return 1.0
     return float(stats.ttest_rel(a, b).pvalue)
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979; statsmodels' ``multipletests(...,
+    method="holm")``): the k-th smallest of m p-values is multiplied by m - k + 1, made
+    non-decreasing, capped at 1. NaN p-values (no test) stay NaN and do not count in m."""
+    p = np.asarray(p, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -188,7 +188,8 @@ def evaluate_run(
     console: Console | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
-    """Score run ``path`` under every setting; writes ``RUN/eval.json|csv|md``."""
+    """Score run ``path`` under every setting; writes ``RUN/eval.json|csv|md`` and
+    ``RUN/eval_predictions.csv`` (each setting's predictions, column ``setting``)."""
     run = load_run(path, device)
     settings = settings or build_settings(run, modality_table=modality_table, seed=seed, **kw)
     data = run.data(store)
@@ -197,6 +198,7 @@ def evaluate_run(
         raise AvxError(f"{path}: split '{split}' has no samples")
     opts = ReportOptions(threshold=run.threshold, ece_bins=ece_bins)
     results: dict[str, Any] = {}
+    preds: dict[str, Any] = {}
     clean = None
     for st in settings:
         if console is not None:
@@ -208,6 +210,7 @@ def evaluate_run(
             d = occluded_data(data, st.occlude, split, seed=seed, device=device)
         pred = predict(run.model, d, split, batch_size, device, st.perturbation)
         results[st.name] = report(pred, d, opts, fairness=False)
+        preds[st.name] = pred
         if pred.weights:
             results[st.name]["mean_fusion_weight"] = mean_weights(pred, run.model.streams)
         if shift := weights_on_corrupted(pred, run.model.streams):
@@ -236,6 +239,8 @@ def evaluate_run(
     p = Path(path)
     (p / "eval.json").write_text(json.dumps(jsonable(out), indent=2))
     table.to_csv(p / "eval.csv", index=False)
+    # every setting's predictions, for intervals over pooled trials (avx fuse report)
+    write_predictions(p / "eval_predictions.csv", preds, data, run.threshold, column="setting")
     if masking := masking_rows(settings, results, data.task):
         pd.DataFrame(masking).to_csv(p / "masking.csv", index=False)
     md = markdown(table)

@@ -231,6 +231,16 @@ class Selection:
     def _committed(self, name: str) -> np.ndarray:
         return self.streams[name].index.committed()
 
+    def frames(self, split: str) -> int:
+        """Real frames of every selected stream over ``split``'s samples (the cost's
+        frames per second)."""
+        idx = self.indices(split)
+        total = 0
+        for s in self.stream_names:
+            have = self.available[s][idx]
+            total += int(self.streams[s].index.frames[self.rows[idx][have]].sum())
+        return total
+
     def selected_bytes(self) -> int:
         total = 0
         for s in self.stream_names:

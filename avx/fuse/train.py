@@ -34,6 +34,7 @@ from avx.errors import AvxError
 from avx.fuse import metrics as M
 from avx.fuse.checkpoint import load_checkpoint, save_checkpoint
 from avx.fuse.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from avx.fuse.cost import cost_report, reset_peaks
 from avx.fuse.data import FusionData
 from avx.fuse.dropout import ModalityDropout
 from avx.fuse.end2end import EndToEnd, build_end_to_end, fit_statistics
@@ -236,6 +237,7 @@ class Trainer:
         self.data = FusionData(self.store, config.data, align=card.needs_alignment, raw=e2e is not None)
         self.front_end: EndToEnd | None = None
         self.skipped: dict[str, dict[str, Any]] = {}
+        self.rss_since = "process"  # what the cost's RSS peak covers (train() resets it: "run")
         if e2e is not None:
             if not self.data.raw:
                 raise AvxError(
@@ -550,7 +552,9 @@ class Trainer:
             self.threshold = tune_threshold(
                 eval_multihot(dev.y, len(self.data.names)), probabilities(dev.scores, "multilabel")
             )
+        timer = time.perf_counter()
         test = predict(self.model, self.data, "test", bs, dev_)
+        inference = time.perf_counter() - timer
         opts = ReportOptions(threshold=self.threshold, bootstrap=self.cfg.bootstrap, seed=self.cfg.seed)
         c = self.cfg
         metrics = {
@@ -572,13 +576,23 @@ class Trainer:
             "dev": report(dev, self.data, replace(opts, bootstrap=0)),
             "test": report(test, self.data, opts),
             "calibration": calibration(dev, test, self.data),
-            "complexity": complexity(self.model, self.data, "test", dev_),
+            "complexity": (cx := complexity(self.model, self.data, "test", dev_)),
             **({"end_to_end": self.end_to_end_report()} if self.front_end is not None else {}),
             "history": self.history,
             "seconds": round(time.time() - started, 2),
             "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in self.history])), 3)
             if self.history
             else None,
+            "cost": cost_report(
+                wall_seconds=time.time() - started,
+                history=self.history,
+                parameters=cx["parameters"],
+                device=dev_,
+                rss_since=self.rss_since,
+                inference_seconds=inference,
+                clips=len(self.data.indices("test")),
+                frames=self.data.frames("test"),
+            ),
         }
         write_predictions(self.out / "predictions.csv", {"dev": dev, "test": test}, self.data, self.threshold)
         write_json(self.out / "metrics.json", jsonable(metrics))
@@ -666,8 +680,10 @@ def train(
     started = time.time()
     out = Path(out_dir)
     created = _claim(out, resume=resume, overwrite=overwrite)
+    rss_since = reset_peaks(config.device)
     try:
         trainer = Trainer(config, out, console)
+        trainer.rss_since = rss_since
         if resume and trainer.resume():
             trainer.console.print(f"resuming {out} after epoch {trainer.epoch}")
         trainer.write_config()
