@@ -276,13 +276,16 @@ def test_sweep_resumes_after_sigkill(store: Path, tmp_path: Path) -> None:
     deadline = time.time() + 240
     while time.time() < deadline and not list((tmp_path / "out").rglob("cell.json")):
         time.sleep(0.5)
+    workers = _children(proc.pid)
+    assert workers, "the sweep started no worker process"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = _mtimes(tmp_path / "out")
     assert done_before, "no cell finished before the kill"
-    time.sleep(4)  # the workers notice their sweep is gone
-    left = subprocess.run(["pgrep", "-f", "distributed"], capture_output=True, text=True).stdout.split()
-    assert not [p for p in left if _parent_is(int(p), proc.pid)]
+    deadline = time.time() + 30  # the workers notice their sweep is gone
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.5)
+    assert not [p for p in workers if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
     st = run_sweep(load_spec(spec), tmp_path / "out", workers=2)
     assert st["done"] == 4
     after = _mtimes(tmp_path / "out")
@@ -293,11 +296,22 @@ def test_sweep_resumes_after_sigkill(store: Path, tmp_path: Path) -> None:
     )
 
 
-def _parent_is(pid: int, parent: int) -> bool:
+def _children(parent: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _state(pid: int) -> str:
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().split()[3]) == parent
-    except (OSError, ValueError, IndexError):
-        return False
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "gone"
 
 
 @pytest.mark.slow
@@ -318,7 +332,7 @@ def test_report_renders_in_chromium(swept: Path, tmp_path: Path) -> None:
     ).stdout
     assert 'data-rendered="ok"' in dom, dom[:500]
     figures = int(re.search(r'data-figures="(\d+)"', dom).group(1))
-    assert figures >= 4
+    assert figures >= 3  # confusion matrices, reliability diagrams, robustness curves
     for section in ("Results", "Cost per row", "Confusion matrices", "Reliability diagrams", "Robustness"):
         assert f"<h2>{section}" in dom
     # the tables Chromium parsed equal results.csv
@@ -346,7 +360,8 @@ def test_docs_specs_expand_to_checked_configs(spec: Path, store: Path) -> None:
 def test_sfav_spec_has_table_ii_layout(store: Path) -> None:
     s = load_spec("docs/sweeps/sfav-table2.toml", [f'sweep.stores=["{store}"]'])
     cells = expand(s)
-    assert {c.axes["method"] for c in cells} == {f"sfav.{v}" for v in ("lt1", "lt4", "it1", "it4", "ia1", "ia4")}
+    variants = ("lt1", "lt4", "it1", "it4", "ia1", "ia4")
+    assert {c.axes["method"] for c in cells} == {f"sfav.{v}" for v in variants}
     assert {c.axes["dropout"] for c in cells} == {"none", "softhard"} and len(s.trials) == 3
     assert s.eval.settings == ("av", "a", "v", "mean") and s.report.groups == ("dropout",)
     sgd = cells[0].config

@@ -344,7 +344,7 @@ def _dispatch(
 
     workers = workers or spec.cluster.workers
     scheduler = scheduler or spec.cluster.scheduler
-    threads = None
+    threads = parent = None  # local workers only: a remote one cannot see this process
     with dask.config.set({"distributed.scheduler.allowed-failures": 1, "logging.distributed": "error"}):
         if scheduler:
             cluster, client = None, Client(scheduler)
@@ -353,7 +353,7 @@ def _dispatch(
             cluster.scale(jobs=int({**spec.cluster.slurm, **slurm}.get("jobs", workers)))
             client = Client(cluster)
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads, parent = max(1, (os.cpu_count() or 1) // workers), os.getpid()
             cluster = LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                 memory_limit=0, silence_logs=50,
@@ -362,7 +362,7 @@ def _dispatch(
         try:
             ev = asdict(spec.eval)
             futures = [
-                client.submit(run_cell, c.to_dict(), str(out), ev, threads=threads, parent=os.getpid(),
+                client.submit(run_cell, c.to_dict(), str(out), ev, threads=threads, parent=parent,
                               pure=False, key=f"cell-{c.folder}-{c.key}")
                 for c in todo
             ]  # fmt: skip
