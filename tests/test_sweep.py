@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from statsmodels.stats.multitest import multipletests
 
 from avx.errors import AvxError
 from avx.fuse import metrics as M
-from avx.fuse.sweep.execute import cell_dir, run_cell, run_sweep, slurm_cluster, status, sweep_cells
+from avx.fuse.sweep.execute import cell_dir, prepare, run_cell, run_sweep, slurm_cluster, status, sweep_cells
 from avx.fuse.sweep.report import collect, write_report
 from avx.fuse.sweep.spec import expand, load_spec
 from tests.conftest import popen_avx, run_avx, synthetic_store
@@ -238,7 +239,8 @@ def test_search_selects_on_dev_and_reports_the_spread(store: Path, tmp_path: Pat
         {"lr": 0.0001, "set.hidden": 16},
         {"lr": 0.01, "set.hidden": 16},
     ]
-    r = run_cell(cell.to_dict(), str(tmp_path / "out"), {"settings": ()})
+    prepare(spec, tmp_path / "out")
+    r = run_cell(cell.to_dict(), str(tmp_path / "out"), asdict(spec.eval))
     assert r["state"] == "done", r
     folder = cell_dir(tmp_path / "out", cell)
     s = json.loads((folder / "search.json").read_text())
@@ -249,6 +251,11 @@ def test_search_selects_on_dev_and_reports_the_spread(store: Path, tmp_path: Pat
     assert s["spread"]["dev"]["min"] == min(devs) and s["spread"]["dev"]["max"] == max(devs)
     cfg = json.loads((folder / "draw-1" / "config.json").read_text())
     assert cfg["lr"] == 0.01 and cfg["method_config"]["hidden"] == 16
+    # the report reads the chosen draw and shows the search
+    files = write_report(tmp_path / "out", tmp_path / "report", n_boot=50)
+    md = files["results.md"].read_text()
+    assert "Hyper-parameter search (chosen on dev)" in md and f"lr={s['values']['lr']}" in md
+    assert "<section id='search'>" in files["report.html"].read_text()
 
 
 def test_slurm_job_script(store: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from avx.fuse import metrics as M
-from avx.fuse.sweep.report import CellResult, SweepResults, display_row, pooled, shown
+from avx.fuse.sweep.report import CellResult, SweepResults, display_row, pooled, search_frame, shown
 
 SECTIONS = (
     "results",
@@ -339,6 +339,9 @@ def write_html(
         _section("fusion-weights", "Fusion weights", _fusion_weights(res)),
         _section("fairness", "Fairness per group", _fairness(res)),
     ]
+    search = search_frame(res)
+    if len(search):
+        body.insert(4, _section("search", "Hyper-parameter search (chosen on dev)", _table(search)))
     if res.failed:
         body.append(_section("failures", "Failed cells", _table(pd.DataFrame(res.failed))))
     body.append(

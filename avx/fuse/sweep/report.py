@@ -347,11 +347,44 @@ def write_markdown(
             parts += [f"## {group}", ""]
         parts += [markdown(table), ""]
     parts.append(procedure(df, res, reference, n_boot))
+    search = search_frame(res)
+    if len(search):
+        parts += ["", "## Hyper-parameter search (chosen on dev)", "", markdown(search)]
     if res.pending or res.failed:
         parts.append(f"\nNot finished: {res.pending} pending, {len(res.failed)} failed cell(s).")
     text = "\n".join(parts) + "\n"
     path.write_text(text)
     return text
+
+
+# -- search -------------------------------------------------------------------------------
+
+
+def search_frame(res: SweepResults) -> pd.DataFrame:
+    """Per searched cell: the values chosen on dev, the chosen draw's dev and test score,
+    and the spread of dev and test scores across the draws (how sensitive the row is)."""
+    records = []
+    for c in res.cells:
+        s = c.search
+        if not s:
+            continue
+        sp = s["spread"]
+        records.append({
+            "model": c.cell.row,
+            "trial": c.cell.trial,
+            "chosen": ", ".join(f"{k}={v}" for k, v in s["values"].items()),
+            "metric": s["metric"],
+            "dev": s["dev"],
+            "test": s["test"],
+            "dev over draws": _spread(sp["dev"]),
+            "test over draws": _spread(sp["test"]),
+            "draws": len(s["draws"]),
+        })  # fmt: skip
+    return pd.DataFrame(records)
+
+
+def _spread(d: dict[str, float]) -> str:
+    return f"{d['mean']:.3f} ± {d['std']:.3f} [{d['min']:.3f}, {d['max']:.3f}]"
 
 
 # -- cost ---------------------------------------------------------------------------------
