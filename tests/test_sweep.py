@@ -21,6 +21,7 @@ from statsmodels.stats.multitest import multipletests
 from avx.errors import AvxError
 from avx.fuse import metrics as M
 from avx.fuse.sweep.execute import cell_dir, prepare, run_cell, run_sweep, slurm_cluster, status, sweep_cells
+from avx.fuse.sweep.html import SECTIONS
 from avx.fuse.sweep.report import collect, write_report
 from avx.fuse.sweep.spec import expand, load_spec
 from tests.conftest import popen_avx, run_avx, synthetic_store
@@ -216,15 +217,8 @@ def test_report_numbers_come_from_the_cells(swept: Path, tmp_path: Path) -> None
     page = files["report.html"].read_text()
     means = [float(x) for x in re.findall(r'data-mean="([^"]+)"', page)]
     assert sorted(means) == pytest.approx(sorted(df["mean"]), abs=1e-5)
-    for section in (
-        "results",
-        "cost",
-        "confusion",
-        "reliability",
-        "robustness",
-        "fusion-weights",
-        "fairness",
-    ):
+    assert len(SECTIONS) == 8
+    for section in SECTIONS:
         assert f"<section id='{section}'>" in page
     prov = json.loads(files["provenance.json"].read_text())
     assert len(prov["cells"]) == 4 and prov["avx_version"] and prov["machine"]["cpus"]
