@@ -259,3 +259,26 @@ def test_vectorised_bootstrap_equals_per_replicate_scikit_learn(rng: np.random.G
     assert np.isfinite(got).all() and got[0] < got[1]
     assert got == pytest.approx(want, abs=1e-9)
     assert got != M.bootstrap_scorer(name, y, p, owner, n, n_boot=300, seed=8)  # the seed matters
+
+
+@pytest.mark.parametrize("case", ["multiclass", "multilabel"])
+def test_vectorised_accuracy_bootstrap_equals_per_replicate(rng: np.random.Generator, case: str) -> None:
+    """Accuracy (and the Jaccard accuracy of multi-label rows, empty union = 1) on each
+    replicate equals scikit-learn's on the replicate's rows."""
+    n = 30
+    owner = np.repeat(np.arange(n), rng.integers(1, 3, n))
+    r = len(owner)
+    if case == "multiclass":
+        y = rng.integers(0, 4, r)
+        p = np.where(rng.random(r) < 0.6, y, rng.integers(0, 4, r))
+        ref = accuracy_score
+    else:
+        y = (rng.random((r, 4)) < 0.3).astype(int)
+        p = np.where(rng.random((r, 4)) < 0.7, y, 1 - y)
+        p[:3] = 0
+        y[:3] = 0  # empty rows: Jaccard 1
+        ref = lambda a, b: jaccard_score(a, b, average="samples", zero_division=1)  # noqa: E731
+    got = M.bootstrap_replicates("accuracy", y, p, owner, n, n_boot=100, seed=2)
+    rng2 = np.random.default_rng(2)
+    want = [ref(y[_rows(owner, d)], p[_rows(owner, d)]) for d in (rng2.integers(0, n, n) for _ in range(100))]
+    np.testing.assert_allclose(got, want, atol=1e-12)

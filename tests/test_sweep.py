@@ -198,6 +198,13 @@ def test_report_numbers_come_from_the_cells(swept: Path, tmp_path: Path) -> None
         assert r["mean"] == pytest.approx(np.mean(vals), abs=1e-6)
         assert r["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-6)
         assert r["lo"] <= r["hi"]
+    # the interval: the bootstrap of the seeds' pooled predictions under that setting
+    r = df[(df["row"] == "early") & (df["column"] == "A (video missing)")].iloc[0]
+    preds = pd.concat([pd.read_csv(c.run / "eval_predictions.csv") for c in res.of("early")])
+    preds = preds[preds["setting"] == "A (video missing)"]
+    y, p = preds["target"].to_numpy(int), preds["pred"].to_numpy(int)
+    want = M.bootstrap_scorer(r["metric"], y, p, np.arange(len(y)), len(y), n_boot=200, seed=0)
+    assert (r["lo"], r["hi"]) == pytest.approx(want)
     # t-tests against late over the two seeds, Holm across the table
     early = df[df["row"] == "early"]
     for _, r in early.iterrows():

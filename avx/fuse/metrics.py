@@ -616,6 +616,24 @@ def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
     return float(accuracy_score(y, p))
 
 
+def _row_scores(y: np.ndarray, pred: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Per sample: the sum of its rows' scores (correct, or the row's Jaccard index with
+    1 for an empty union, as ``_accuracy``) and its row count."""
+    if y.ndim == 2:
+        inter, union = (
+            (y.astype(bool) & pred.astype(bool)).sum(1),
+            (y.astype(bool) | pred.astype(bool)).sum(1),
+        )
+        score = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    else:
+        score = (y == pred).astype(np.float64)
+    return _per_sample(owner, n, [score, np.ones(len(score))])
+
+
+def _mean_from(stats_: np.ndarray) -> np.ndarray:
+    return stats_[:, 0] / np.maximum(stats_[:, 1], 1)
+
+
 def _ece(y: np.ndarray, probs: np.ndarray) -> float:
     return expected_calibration_error(y, probs)
 
@@ -655,8 +673,10 @@ SCORERS: dict[str, Scorer] = {
             table=_CLS,
             resampled=(_counts_macro_f1, _weighted_f1_from),
         ),
-        Scorer("accuracy", "acc", True, _CLS, fn=_accuracy, table=_MC),
-        Scorer("weighted_accuracy", "WA", True, _MC, fn=_sk(accuracy_score)),
+        Scorer("accuracy", "acc", True, _CLS, fn=_accuracy, table=_MC, resampled=(_row_scores, _mean_from)),
+        Scorer(
+            "weighted_accuracy", "WA", True, _MC, fn=_sk(accuracy_score), resampled=(_row_scores, _mean_from)
+        ),
         Scorer("unweighted_accuracy", "UA", True, _MC, fn=_sk(balanced_accuracy_score), table=_MC),
         Scorer(
             "jaccard_accuracy",

@@ -69,6 +69,7 @@ def _plt() -> Any:
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
+    fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     _plt().close(fig)
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
@@ -96,7 +97,7 @@ def _table(df: pd.DataFrame, *, mean: pd.DataFrame | None = None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _grid(n: int, size: float = 3.0) -> tuple[Any, Any]:
+def _grid(n: int, size: float = 3.2) -> tuple[Any, Any]:
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
     fig, axes = _plt().subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)

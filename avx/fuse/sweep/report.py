@@ -224,35 +224,40 @@ def _arrays(df: pd.DataFrame, task: str, names: list[str]) -> tuple[np.ndarray, 
 
 
 def pooled(
-    cells: list[CellResult], setting: str | None, task: str, names: list[str]
+    cells: list[CellResult], setting: str | None, task: str, names: list[str], *, owners: bool = False
 ) -> tuple[np.ndarray, ...]:
     """Targets and decisions of ``cells`` pooled over trials: the clean test predictions
-    (``setting`` None) or one evaluation setting's."""
+    (``setting`` None) or one evaluation setting's. ``owners``: also each row's clip
+    (per trial) and the number of clips, so a bootstrap of per-frame predictions draws
+    whole clips."""
     frames = []
     for c in cells:
         if setting is None:
             df = pd.read_csv(c.run / "predictions.csv")
-            frames.append(df[df["split"] == "test"])
+            df = df[df["split"] == "test"]
         else:
             df = pd.read_csv(c.run / "eval_predictions.csv")
-            frames.append(df[df["setting"] == setting])
+            df = df[df["setting"] == setting]
+        frames.append(df.assign(_clip=c.cell.trial + "/" + df["id"].astype(str)))
     df = pd.concat(frames, ignore_index=True)
-    return _arrays(df, task, names)
+    y, p = _arrays(df, task, names)
+    if not owners:
+        return y, p
+    owner, clips = pd.factorize(df["_clip"])
+    return y, p, owner, len(clips)
 
 
 def _interval(res: SweepResults, cells: list[CellResult], col: str, metric: str, use_settings: bool,
               n_boot: int, seed: int) -> tuple[float, float]:  # fmt: skip
-    if not n_boot or metric not in M.SCORERS or M.SCORERS[metric].resampled is None:
+    if not n_boot or metric not in M.SCORERS or M.SCORERS[metric].fn is None:
         return np.nan, np.nan
     try:
         if not use_settings:
-            y, p = pooled(cells, None, res.task, res.names)
-            return M.bootstrap_scorer(metric, y, p, np.arange(len(y)), len(y), n_boot=n_boot, seed=seed)
+            return _bootstrap(metric, *pooled(cells, None, res.task, res.names, owners=True), n_boot, seed)
         k = list(cells[0].eval_table["setting"]).index(col)
         setting = cells[0].eval_settings[k]
         if setting:
-            y, p = pooled(cells, setting, res.task, res.names)
-            return M.bootstrap_scorer(metric, y, p, np.arange(len(y)), len(y), n_boot=n_boot, seed=seed)
+            return _bootstrap(metric, *pooled(cells, setting, res.task, res.names, owners=True), n_boot, seed)
         reps = []  # M: the mean over the modality rows, replicate by replicate
         for s in cells[0].eval_settings[:k]:
             y, p = pooled(cells, s, res.task, res.names)
@@ -262,6 +267,30 @@ def _interval(res: SweepResults, cells: list[CellResult], col: str, metric: str,
         return M.percentile_interval(np.mean(reps, axis=0))
     except (FileNotFoundError, KeyError, ValueError):
         return np.nan, np.nan
+
+
+def _replicates(
+    metric: str, y: np.ndarray, p: np.ndarray, owner: np.ndarray, n: int, n_boot: int, seed: int
+) -> np.ndarray:
+    """The metric on each bootstrap replicate of the ``n`` clips (row ``r`` belongs to clip
+    ``owner[r]``): vectorised where the scorer has a resampled form, else one scorer call
+    per replicate on the drawn clips' rows (the same draws either way)."""
+    if M.SCORERS[metric].resampled is not None:
+        return M.bootstrap_replicates(metric, y, p, owner, n, n_boot=n_boot, seed=seed)
+    rows_of = [np.flatnonzero(owner == k) for k in range(n)]
+    rng = np.random.default_rng(seed)
+    fn = M.SCORERS[metric].fn
+    out = []
+    for _ in range(n_boot):
+        rows = np.concatenate([rows_of[k] for k in rng.integers(0, n, n)])
+        out.append(fn(y[rows], p[rows]))
+    return np.array(out)
+
+
+def _bootstrap(
+    metric: str, y: np.ndarray, p: np.ndarray, owner: np.ndarray, n: int, n_boot: int, seed: int
+) -> tuple[float, float]:
+    return M.percentile_interval(_replicates(metric, y, p, owner, n, n_boot, seed))
 
 
 def _t_tests(df: pd.DataFrame, res: SweepResults, reference: str, groups: list[str]) -> None:
