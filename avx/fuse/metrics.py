@@ -518,12 +518,16 @@ def _ccc_from(stats_: np.ndarray) -> np.ndarray:
 
 
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-tailed paired t-test p-value across trials (scipy's ``ttest_rel``)."""
+    """Two-tailed paired t-test p-value across trials (scipy's ``ttest_rel``). When every
+    difference is the same there is no variance: 1.0 if it is zero (no evidence), 0.0
+    otherwise (the t statistic is unbounded; scipy would warn of cancellation); NaN with
+    fewer than two pairs. The one definition: eval ``--against``, compare, tables, sweeps."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(a) != len(b):
         return float("nan")
-    if np.allclose(a, b):
-        return 1.0
+    d = a - b
+    if np.allclose(d, d[0]):
+        return 1.0 if np.allclose(d, 0) else 0.0
     return float(stats.ttest_rel(a, b).pvalue)
 
 

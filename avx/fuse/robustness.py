@@ -332,19 +332,8 @@ def evaluate_trials(path: str | Path, *, against: str | Path | None = None, **kw
     return out
 
 
-def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-tailed p-value of the paired t-test of ``a`` against ``b`` (scipy's
-    ``ttest_rel``); 1.0 when every difference is the same (no variance: no evidence),
-    NaN with fewer than two pairs."""
-    from scipy.stats import ttest_rel
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2:
-        return float("nan")
-    d = a - b
-    if np.allclose(d, d[0]):
-        return 1.0 if np.allclose(d, 0) else 0.0
-    return float(ttest_rel(a, b).pvalue)
+paired_t_test = M.paired_ttest
+"""The paired two-tailed t-test (:func:`avx.fuse.metrics.paired_ttest`), by its old name."""
 
 
 def masking_rows(settings: list[Setting], results: dict[str, Any], task: str) -> list[dict[str, Any]]:

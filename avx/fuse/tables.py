@@ -168,9 +168,7 @@ def _p_value(run: Pooled, ref: Pooled, metric: str) -> float:
     common = sorted(set(run.folds) & set(ref.folds))
     a = [run.folds[f].get(metric, np.nan) for f in common]
     b = [ref.folds[f].get(metric, np.nan) for f in common]
-    from avx.fuse.robustness import paired_t_test
-
-    return paired_t_test(np.asarray(a), np.asarray(b)) if len(common) > 1 else float("nan")
+    return M.paired_ttest(a, b)
 
 
 def per_class_table(
