@@ -211,8 +211,18 @@ class FrontEnd(nn.Module):
         """Unnormalised features and their frame mask."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, mask: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's features and mask; with ``index`` (an aligned input, see
+        ``Batch.frame_index``) only the output frames it picks."""
         y, m = self.features(x, mask)
+        return (y, m) if index is None else _gather_frames(y, m, index)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        y, m = self.encode(x, mask, index)
         y = (y.float() - self.mean) / self.std
         return y * m.view(*m.shape, *[1] * (y.dim() - 2)).to(y.dtype), m
 
@@ -370,9 +380,7 @@ class EndToEnd(nn.Module):
     def forward(self, batch: Batch) -> Batch:
         inputs, masks, present = dict(batch.inputs), dict(batch.masks), dict(batch.present)
         for s in batch.raw:
-            y, m = self.of(s)(batch.inputs[s], batch.masks[s])
-            if s in batch.frame_index:  # aligned: hand on the frames picked (AlignedRaw)
-                y, m = _gather_frames(y, m, batch.frame_index[s])
+            y, m = self.of(s)(batch.inputs[s], batch.masks[s], batch.frame_index.get(s))
             inputs[s], masks[s], present[s] = y, m, present[s] & m.any(1)
         return replace(batch, inputs=inputs, masks=masks, present=present, raw=())
 
@@ -535,9 +543,7 @@ def fit_statistics(front: EndToEnd, batches: Iterable[Batch], device: str = "cpu
     for batch in batches:
         batch = batch.to(device)
         for s in front.streams:
-            y, m = front.of(s).features(batch.inputs[s], batch.masks[s])
-            if s in batch.frame_index:  # the frames the method will see
-                y, m = _gather_frames(y, m, batch.frame_index[s])
+            y, m = front.of(s).encode(batch.inputs[s], batch.masks[s], batch.frame_index.get(s))
             v = y[m].double()
             if s not in acc:
                 acc[s] = [torch.zeros(v.shape[1:], dtype=torch.float64, device=v.device)] * 2

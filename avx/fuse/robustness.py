@@ -232,10 +232,15 @@ def evaluate_run(
     }
     cols = list(M.table_metrics(data.task, data.names))
     rows = [{"setting": n, **{c: r.get(c, np.nan) for c in cols}} for n, r in results.items()]
+    n_table = 0
     if modality_table:
+        kept = {st.name for st in settings if st.subset}
+        rest = sum(1 for r in rows if r["setting"] not in kept)
         rows = modality_rows(rows, settings, "mean" in modality_table, cols)
+        n_table = len(rows) - rest
     table = pd.DataFrame(rows)
     out["table"] = table.to_dict(orient="records")
+    out["modality_rows"] = n_table  # the leading rows that form the modality table (with M)
     p = Path(path)
     (p / "eval.json").write_text(json.dumps(jsonable(out), indent=2))
     table.to_csv(p / "eval.csv", index=False)

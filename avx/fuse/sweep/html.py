@@ -243,8 +243,8 @@ def _fusion_weights(res: SweepResults) -> str:
     clip_rows = []
     for row in res.rows():
         c = res.of(row)[0]
-        df = pd.read_csv(c.run / "predictions.csv", nrows=1)
-        wcols = [k for k in df.columns if k.startswith("weight:")]
+        test = c.test_predictions
+        wcols = [k for k in test.columns if k.startswith("weight:")]
         if not wcols:
             continue
         frames = _frame_weights(c)
@@ -258,8 +258,6 @@ def _fusion_weights(res: SweepResults) -> str:
             ax.set_ylim(0, 1)
             ax.legend(fontsize=7)
             parts.append(_png(fig))
-        full = pd.read_csv(c.run / "predictions.csv")
-        test = full[full["split"] == "test"]
         clip_rows.append({"model": row, **{k.split(":", 1)[1]: f"{test[k].mean():.3f}" for k in wcols}})
     if not clip_rows:
         return "<p class='note'>No method in this sweep reports fusion weights.</p>"
@@ -298,11 +296,7 @@ def _fairness(res: SweepResults) -> str:
     runs = {}
     for row in res.rows():
         cells = res.of(row)
-        frames = []
-        for c in cells:
-            df = pd.read_csv(c.run / "predictions.csv")
-            frames.append(df[df["split"] == "test"])
-        df = pd.concat(frames, ignore_index=True)
+        df = pd.concat([c.test_predictions for c in cells], ignore_index=True)
         y, p = pooled(cells, None, res.task, res.names)
         probs = df[[f"prob:{n}" for n in res.names]].to_numpy(float)
         cfg = json.loads((cells[0].run / "config.json").read_text())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ CLEAN = "clean"
 
 @dataclass
 class CellResult:
-    """One finished cell's files, read once."""
+    """One finished cell's files, each read once (the prediction files when first used)."""
 
     cell: Cell
     run: Path
@@ -51,6 +52,17 @@ class CellResult:
     eval_table: pd.DataFrame | None
     eval_settings: list[str]  # the setting names in eval_predictions.csv, by table row
     search: dict[str, Any] | None = None
+    table_rows: int = 0  # leading eval-table rows forming the modality table (with M)
+
+    @cached_property
+    def test_predictions(self) -> pd.DataFrame:
+        """The clean test rows of ``predictions.csv``."""
+        df = pd.read_csv(self.run / "predictions.csv")
+        return df[df["split"] == "test"]
+
+    @cached_property
+    def eval_predictions(self) -> pd.DataFrame:
+        return pd.read_csv(self.run / "eval_predictions.csv")
 
 
 @dataclass
@@ -93,16 +105,16 @@ def collect(sweep: str | Path) -> SweepResults:
         folder = cell_dir(sweep, c)
         run = result_dir(folder)
         table = pd.read_csv(run / "eval.csv") if (run / "eval.csv").exists() else None
-        settings = []
+        settings, table_rows = [], 0
         if table is not None:
             ev_json = json.loads((run / "eval.json").read_text())
-            names = list(ev_json["settings"])
-            settings = _table_settings(list(table["setting"]), names)
+            settings = _table_settings(list(table["setting"]), list(ev_json["settings"]))
+            table_rows = int(ev_json.get("modality_rows", 0))
         search = (
             json.loads((folder / "search.json").read_text()) if (folder / "search.json").exists() else None
         )
         metrics = json.loads((run / "metrics.json").read_text())
-        out.append(CellResult(c, run, metrics, table, settings, search))
+        out.append(CellResult(c, run, metrics, table, settings, search, table_rows))
     if not out:
         raise AvxError(f"{sweep}: no finished cell to report on (avx fuse sweep --status {sweep})")
     return SweepResults(sweep, meta, out, pending, failed)
@@ -144,14 +156,8 @@ def results_frame(
     groups = list(rep.get("groups") or [])
     use_settings = columns == "settings" and res.cells[0].eval_table is not None
     if use_settings:
-        table = res.cells[0].eval_table
-        has_modality = any(s == "" for s in res.cells[0].eval_settings) or bool(
-            res.meta["eval"].get("settings")
-        )
-        cols = list(table["setting"])
-        if has_modality:  # the modality table only; other settings are plotted (robustness)
-            n_mod = _modality_rows(res.cells[0])
-            cols = cols[:n_mod]
+        # the modality table only, when there is one; other settings are plotted (robustness)
+        cols = list(res.cells[0].eval_table["setting"])[: res.cells[0].table_rows or None]
     else:
         cols = list(M.table_metrics(res.task, res.names))
     records = []
@@ -194,16 +200,6 @@ def results_frame(
     return df
 
 
-def _modality_rows(c: CellResult) -> int:
-    """How many leading eval-table rows are the modality table (up to and with M)."""
-    rows = list(c.eval_table["setting"])
-    for k, r in enumerate(rows):
-        if r.startswith("M (mean"):
-            return k + 1
-    # no M: the rows named by modalities (AV, A, ...) followed by other settings
-    return sum(1 for r in rows if r.split(" (")[0].isalpha() and r.split(" (")[0].isupper()) or len(rows)
-
-
 def _value(c: CellResult, col: str, metric: str, use_settings: bool) -> float:
     if use_settings:
         row = c.eval_table[c.eval_table["setting"] == col]
@@ -233,11 +229,9 @@ def pooled(
     frames = []
     for c in cells:
         if setting is None:
-            df = pd.read_csv(c.run / "predictions.csv")
-            df = df[df["split"] == "test"]
+            df = c.test_predictions
         else:
-            df = pd.read_csv(c.run / "eval_predictions.csv")
-            df = df[df["setting"] == setting]
+            df = c.eval_predictions[c.eval_predictions["setting"] == setting]
         frames.append(df.assign(_clip=c.cell.trial + "/" + df["id"].astype(str)))
     df = pd.concat(frames, ignore_index=True)
     y, p = _arrays(df, task, names)

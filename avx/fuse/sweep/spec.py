@@ -455,7 +455,6 @@ def resolve(
 ) -> Any:
     """The TrainConfig of one cell (and search draw): [train], then the axes, the
     trial and the draw's values; the preset fills in only what none of them set."""
-    from avx.fuse.data import DataConfig
     from avx.fuse.presets import apply_preset
     from avx.fuse.train import TrainConfig
 
@@ -492,7 +491,7 @@ def resolve(
             {
                 "store": axes["store"],
                 "method": axes.get("method") or "",
-                "data": _data_dict(DataConfig, data),
+                "data": {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
                 "method_config": options,
                 **settings,
             }
@@ -509,10 +508,6 @@ def resolve(
     except (AvxError, TypeError, ValueError) as e:
         raise AvxError(f"{spec.path}: cell {row_label(spec, axes)} {trial}: {e}") from None
     return cfg
-
-
-def _data_dict(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
 
 def search_draws(search: SearchSpec) -> list[dict[str, Any]]:
